@@ -1,0 +1,1 @@
+"""Applications over the engine: the desktop canvas, the CLI and the HTTP API."""

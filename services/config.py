@@ -1,0 +1,82 @@
+"""Settings and user folders (platformdirs), persisted as JSON in the user config dir.
+
+Environment overrides: INVOKE_NODES_ROOT puts every folder (config included) under one root;
+INVOKE_NODES_MODELS, INVOKE_NODES_PLUGINS, INVOKE_NODES_OUTPUTS override single folders.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .fsutil import atomic_write_text
+
+APP_NAME = "invoke-nodes"
+
+
+def _default_dirs() -> tuple[Path, Path]:
+    root = os.environ.get("INVOKE_NODES_ROOT")
+    if root:
+        return Path(root), Path(root) / "config"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)), Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    config_dir: Path
+    models_dir: Path
+    outputs_dir: Path
+    sessions_dir: Path
+    plugins_dir: Path
+    extra_model_dirs: list[Path] = field(default_factory=list)
+    theme: str = "dark"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    ram_cache_gb: float = 6.0
+    vram_cache_gb: float = 8.0
+    recent_files: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls) -> "Settings":
+        data_dir, config_dir = _default_dirs()
+        settings = cls(data_dir=data_dir, config_dir=config_dir, models_dir=data_dir / "models",
+                       outputs_dir=data_dir / "outputs", sessions_dir=data_dir / "sessions", plugins_dir=data_dir / "plugins")
+        saved = settings.path
+        if saved.is_file():
+            try:
+                settings._apply(json.loads(saved.read_text("utf-8")))
+            except (ValueError, TypeError, OSError):
+                pass  # a broken settings file must not stop the app; it is rewritten on the next save
+        for env, name in (("INVOKE_NODES_MODELS", "models_dir"), ("INVOKE_NODES_PLUGINS", "plugins_dir"),
+                          ("INVOKE_NODES_OUTPUTS", "outputs_dir")):
+            if os.environ.get(env):
+                setattr(settings, name, Path(os.environ[env]))
+        return settings
+
+    @property
+    def path(self) -> Path:
+        return self.config_dir / "settings.json"
+
+    def _apply(self, data: dict[str, Any]) -> None:
+        known = {f.name: f for f in fields(self)}
+        for key, value in data.items():
+            if key not in known or key in ("data_dir", "config_dir"):
+                continue
+            if key.endswith("_dir"):
+                value = Path(value)
+            elif key == "extra_model_dirs":
+                value = [Path(v) for v in value]
+            setattr(self, key, value)
+
+    def save(self) -> None:
+        data = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_model_dirs" else v)
+                for k, v in asdict(self).items() if k not in ("data_dir", "config_dir")}
+        atomic_write_text(self.path, json.dumps(data, indent=2))
+
+    def ensure_dirs(self) -> None:
+        for path in (self.config_dir, self.models_dir, self.outputs_dir, self.sessions_dir, self.plugins_dir):
+            path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,65 @@
+"""All services in one object, built with the local implementations by `Services.local()`."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .cache import MemoryOutputCache, OutputCache
+from .config import Settings
+from .events import EventBus, LocalEventBus
+from .images import DiskImageStore, ImageStore
+from .objects import MemoryObjectStore, ObjectStore
+from .queue import InvocationQueue, MemoryInvocationQueue
+from .sessions import DiskSessionStore, SessionStore
+
+
+def _local_model_manager(settings: Settings) -> Any:
+    from .models import LocalModelManager  # torch-free module; torch loads when a model does
+
+    return LocalModelManager(settings)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: SessionStore
+    images: ImageStore
+    objects: ObjectStore
+    queue: InvocationQueue
+    events: EventBus
+    cache: OutputCache
+    model_manager_factory: Callable[[Settings], Any] = _local_model_manager
+    _models: Any = field(default=None, repr=False)
+    _models_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def local(cls, settings: Settings | None = None) -> "Services":
+        settings = settings or Settings.load()
+        settings.ensure_dirs()
+        return cls(settings=settings, sessions=DiskSessionStore(settings.sessions_dir),
+                   images=DiskImageStore(settings.outputs_dir), objects=MemoryObjectStore(),
+                   queue=MemoryInvocationQueue(), events=LocalEventBus(), cache=MemoryOutputCache())
+
+    @property
+    def models(self) -> Any:
+        """The model manager, created on first use (it is the only service that needs torch)."""
+        if self._models is None:
+            with self._models_lock:
+                if self._models is None:
+                    self._models = self.model_manager_factory(self.settings)
+        return self._models
+
+    def outputs_alive(self, output_tags: dict[str, str], outputs: dict[str, Any]) -> bool:
+        """Do the images/objects a (cached) output refers to still exist?"""
+        for name, tag in output_tags.items():
+            value = outputs.get(name)
+            if not isinstance(value, dict):
+                continue
+            if tag == "image" and not self.images.exists(value.get("image_name", "")):
+                return False
+            if tag == "latents" and not self.objects.exists(value.get("latents_name", "")):
+                return False
+            if tag == "conditioning" and not self.objects.exists(value.get("conditioning_name", "")):
+                return False
+        return True

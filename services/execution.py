@@ -1,0 +1,188 @@
+"""Running a session's graph: one pass in node order (which is topological), each node once per
+combination of upstream fan-out items, with the output cache in front of `invoke`.
+
+Generic mechanisms rather than special node names:
+- a node with `fans_out = True` returns a list; every downstream node runs once per item
+  (results carry an index of (fan-out node id, item) pairs; rows of different sources are
+  joined where their indices agree);
+- an input declared with `collect=True` takes any number of links and receives the outputs
+  of every linked row as one list (so a collect node closes the fan-out).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from nodes.base import BaseInvocation, CanceledError, NodeInputError
+
+from .cache import cache_key
+from .container import Services
+from .context import NodeContext
+from .events import NODE_COMPLETED, NODE_FAILED, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
+from .graph import GraphNode, describe_validation_error
+from .session import (CACHED, CANCELED, COMPLETED, DONE_STATES, FAILED, RUNNING, SKIPPED, NodeResult, Session)
+
+log = logging.getLogger(__name__)
+
+Index = tuple[tuple[str, int], ...]
+_REFERENCE_TAGS = frozenset({"image", "latents", "conditioning"})
+
+
+class SessionRun:
+    """One job on one session: run every ready node (run_all) or only the next one."""
+
+    def __init__(self, services: Services, session: Session, cancel: threading.Event) -> None:
+        self.services = services
+        self.session = session
+        self.cancel = cancel
+        self.events = services.events
+        self.notify = services.events.wants(session.id)
+
+    def emit(self, kind: str, node_id: str | None = None, **data: Any) -> None:
+        if self.notify or self.events.wants(self.session.id):
+            self.events.emit(Event(kind, self.session.id, node_id, data))
+
+    def run(self, run_all: bool = True) -> bool:
+        """Returns False when canceled."""
+        session, graph = self.session, self.session.graph
+        position = 0
+        ran_any = False
+        while position < len(graph.order):  # the graph may grow while it runs
+            node_id = graph.order[position]
+            position += 1
+            if session.node_state(node_id) in DONE_STATES:
+                continue
+            if self.cancel.is_set():
+                break
+            if not run_all and ran_any:
+                break
+            ran_any = True
+            blocked = self._blocked_by(node_id)
+            if blocked is not None:
+                self._finish(node_id, [NodeResult(node_id, SKIPPED, error=blocked)])
+                continue
+            if not self._run_node(graph.nodes[node_id]):
+                break
+        canceled = self.cancel.is_set()
+        if canceled:
+            self.emit(SESSION_CANCELED)
+        elif run_all or session.is_complete():
+            self.emit(SESSION_COMPLETED, errors=session.errors(), complete=session.is_complete())
+        return not canceled
+
+    def _blocked_by(self, node_id: str) -> str | None:
+        for link in self.session.graph.links_in[node_id]:
+            state = self.session.node_state(link.from_node)
+            if state not in DONE_STATES:
+                source = self.session.graph.nodes[link.from_node]
+                return f"skipped: input node '{source.id}' ({source.type}) {state}"
+        return None
+
+    def _finish(self, node_id: str, rows: list[NodeResult]) -> None:
+        with self.session.lock:
+            self.session.results[node_id] = rows
+            self.session.history.append(node_id)
+        for row in rows:
+            if row.state in DONE_STATES:
+                self.emit(NODE_COMPLETED, node_id, state=row.state, outputs=row.outputs, index=[list(p) for p in row.index])
+            else:
+                self.emit(NODE_FAILED, node_id, state=row.state, error=row.error, index=[list(p) for p in row.index])
+
+    # --- one node ----------------------------------------------------------------------------
+
+    def _run_node(self, node: GraphNode) -> bool:
+        """Run every instance of a node; returns False when canceled."""
+        with self.session.lock:
+            self.session.results[node.id] = [NodeResult(node.id, RUNNING)]
+        rows: list[NodeResult] = []
+        for index, linked in self._instances(node):
+            if self.cancel.is_set():
+                rows.append(NodeResult(node.id, CANCELED, index, error="canceled"))
+                break
+            rows.extend(self._run_instance(node, index, linked))
+            if rows[-1].state == CANCELED:
+                break
+        self._finish(node.id, rows)
+        return not any(r.state == CANCELED for r in rows)
+
+    def _run_instance(self, node: GraphNode, index: Index, linked: dict[str, Any]) -> list[NodeResult]:
+        cls = node.cls
+        values = {**node.values, **linked}
+        started = time.perf_counter()
+        try:
+            invocation = cls.model_validate({**values, "id": node.id})
+        except ValidationError as exc:
+            field, message = describe_validation_error(exc)
+            if exc.errors()[0].get("type") == "missing":
+                message = "required input has neither a value nor a link"
+            return [NodeResult(node.id, FAILED, index, error=f"node '{node.id}' ({cls.node_type}), field '{field}': {message}")]
+        key = None
+        if cls.cacheable:
+            key = cache_key(cls.node_type, cls.version, values, invocation.cache_salt())
+            cached = self.services.cache.get(key)
+            if cached is not None and all(self._alive(cls, out) for out in cached):
+                return [NodeResult(node.id, CACHED, self._item_index(node, index, i, len(cached)), out, cache_key=key)
+                        for i, out in enumerate(cached)]
+        self.emit(NODE_STARTED, node.id, index=[list(p) for p in index])
+        context = NodeContext(self.services, self.session, node.id, self.cancel, index)
+        try:
+            result = invocation.invoke(context)
+            produced = result if cls.fans_out else [result]
+            if not isinstance(produced, list) or not all(isinstance(r, cls.output_class) for r in produced):
+                raise TypeError(f"invoke returned {type(result).__name__}, expected {cls.output_class.__name__}")
+            outputs = [r.model_dump(mode="json") for r in produced]
+        except CanceledError:
+            return [NodeResult(node.id, CANCELED, index, error="canceled", seconds=time.perf_counter() - started)]
+        except NodeInputError as exc:
+            return [NodeResult(node.id, FAILED, index, error=f"node '{node.id}' ({cls.node_type}), field '{exc.field}': {exc}",
+                               seconds=time.perf_counter() - started)]
+        except Exception as exc:  # a failing node marks itself failed; the worker goes on
+            log.warning("node %s (%s) failed", node.id, cls.node_type, exc_info=True)
+            return [NodeResult(node.id, FAILED, index, error=f"{type(exc).__name__}: {exc}",
+                               seconds=time.perf_counter() - started)]
+        seconds = time.perf_counter() - started
+        if key is not None:
+            self.services.cache.put(key, outputs)
+        return [NodeResult(node.id, COMPLETED, self._item_index(node, index, i, len(outputs)), out, cache_key=key, seconds=seconds)
+                for i, out in enumerate(outputs)]
+
+    @staticmethod
+    def _item_index(node: GraphNode, index: Index, item: int, count: int) -> Index:
+        if not node.cls.fans_out:
+            return index
+        return tuple(sorted((*index, (node.id, item))))
+
+    def _alive(self, cls: type[BaseInvocation], outputs: dict[str, Any]) -> bool:
+        tags = {name: port.tag for name, port in cls.outputs().items() if port.tag in _REFERENCE_TAGS}
+        return not tags or self.services.outputs_alive(tags, outputs)
+
+    def _instances(self, node: GraphNode) -> list[tuple[Index, dict[str, Any]]]:
+        """Every combination of upstream rows whose fan-out indices agree, with the linked values."""
+        results = self.session.results
+        ports = node.cls.inputs()
+        collected: dict[str, list[Any]] = {}
+        by_source: dict[str, list[tuple[str, str]]] = {}
+        for link in self.session.graph.links_in[node.id]:
+            if ports[link.to_field].collect:
+                bucket = collected.setdefault(link.to_field, [])
+                bucket.extend(row.outputs[link.from_field] for row in results[link.from_node])
+            else:
+                by_source.setdefault(link.from_node, []).append((link.from_field, link.to_field))
+        combos: list[tuple[dict[str, int], dict[str, Any]]] = [({}, dict(collected))]
+        for source, fields in by_source.items():
+            joined = []
+            for index, values in combos:
+                for row in results[source]:
+                    if any(index.get(k, i) != i for k, i in row.index):
+                        continue
+                    merged = dict(values)
+                    outputs = row.outputs or {}
+                    for from_field, to_field in fields:
+                        merged[to_field] = outputs[from_field]
+                    joined.append(({**index, **dict(row.index)} if row.index else index, merged))
+            combos = joined
+        return [(tuple(sorted(index.items())), values) for index, values in combos]

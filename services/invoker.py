@@ -1,0 +1,161 @@
+"""The invoker: the one entry point apps use.  It creates, stores, forks and runs sessions on a
+background worker thread, with cancel and events (see services.events)."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Mapping
+
+from nodes.discovery import PluginError, load_builtin_nodes, load_plugins
+
+from .container import Services
+from .events import SESSION_CANCELED, Event
+from .execution import SessionRun
+from .graph import Graph
+from .queue import Job
+from .session import DONE_STATES, Session
+from .sessions import SessionNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+def load_all_nodes(services: Services) -> list[PluginError]:
+    """Register the built-in nodes and the user's plugins; broken plugins are returned, not raised."""
+    load_builtin_nodes()
+    errors = load_plugins(services.settings.plugins_dir)
+    for error in errors:
+        log.error("%s\n%s", error, error.traceback)
+    return errors
+
+
+class Invoker:
+    def __init__(self, services: Services, *, start: bool = True) -> None:
+        self.services = services
+        self.plugin_errors = load_all_nodes(services)
+        self._live: dict[str, Session] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._pending: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    def create_session(self, graph: Graph | Mapping[str, Any] | None = None) -> Session:
+        if graph is not None and not isinstance(graph, Graph):
+            graph = Graph.from_dict(graph, strict=True)
+        return self.add_session(Session(graph))
+
+    def add_session(self, session: Session) -> Session:
+        """Keep (and store) a session made elsewhere: a fork, a clone, a loaded file."""
+        self._live[session.id] = session
+        self._warm_cache(session)
+        self.services.sessions.save(session)
+        return session
+
+    def get_session(self, session_id: str) -> Session:
+        session = self._live.get(session_id)
+        if session is None:
+            session = self.services.sessions.get(session_id)
+            self._live[session_id] = session
+            self._warm_cache(session)
+        return session
+
+    def save(self, session: Session) -> None:
+        self.services.sessions.save(session)
+
+    def _warm_cache(self, session: Session) -> None:
+        """Results saved with a session seed the output cache, so reopening it costs nothing."""
+        for node_id, rows in session.results.items():
+            keyed = [r for r in rows if r.state in DONE_STATES and r.cache_key]
+            if keyed and len({r.cache_key for r in keyed}) == 1 and len(keyed) == len(rows):
+                self.services.cache.put(keyed[0].cache_key, [r.outputs for r in keyed])
+
+    # --- running -----------------------------------------------------------------------------
+
+    def invoke(self, session: Session | str, run_all: bool = True) -> Session:
+        """Queue a run of every ready node (run_all) or of the next one; returns at once."""
+        session = self.get_session(session) if isinstance(session, str) else session
+        self._live.setdefault(session.id, session)
+        with self._cond:
+            event = self._cancel.get(session.id)
+            if event is None or event.is_set():
+                self._cancel[session.id] = threading.Event()
+            self._pending[session.id] = self._pending.get(session.id, 0) + 1
+        self.services.queue.put(Job(session.id, run_all))
+        return session
+
+    def run(self, session: Session, run_all: bool = True) -> bool:
+        """Run on the calling thread (headless tools and benchmarks); False when canceled."""
+        self._live.setdefault(session.id, session)
+        with self._cond:
+            cancel = self._cancel.setdefault(session.id, threading.Event())
+            if cancel.is_set():
+                cancel = self._cancel[session.id] = threading.Event()
+        try:
+            return SessionRun(self.services, session, cancel).run(run_all)
+        finally:
+            self.services.sessions.save(session)
+
+    def cancel(self, session_id: str) -> None:
+        """Ask a session to stop.  Returns at once; the running node stops at its next check."""
+        with self._cond:
+            event = self._cancel.setdefault(session_id, threading.Event())
+            event.set()
+            dropped = self.services.queue.remove(session_id)
+            if dropped:
+                self._pending[session_id] -= dropped
+                running = self._pending[session_id] > 0
+                if not running:
+                    self._cond.notify_all()
+            else:
+                running = True
+        if dropped and not running:
+            self.services.events.emit(Event(SESSION_CANCELED, session_id))
+
+    def is_busy(self, session_id: str) -> bool:
+        with self._cond:
+            return self._pending.get(session_id, 0) > 0
+
+    def wait(self, session_id: str, timeout: float | None = None) -> bool:
+        """Block until the session has no queued or running job; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending.get(session_id, 0) == 0, timeout)
+
+    # --- the worker --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="invoker", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        for session_id in list(self._pending):
+            self.cancel(session_id)
+        self.services.queue.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _work(self) -> None:
+        queue = self.services.queue
+        while True:
+            job = queue.get(timeout=0.5)
+            if job is None:
+                if queue.closed:
+                    return
+                continue
+            try:
+                session = self.get_session(job.session_id)
+                with self._cond:
+                    cancel = self._cancel.setdefault(job.session_id, threading.Event())
+                SessionRun(self.services, session, cancel).run(job.run_all)
+                self.services.sessions.save(session)
+            except SessionNotFoundError:
+                log.error("queued session %s no longer exists", job.session_id)
+            except Exception:  # the worker must survive anything a job does
+                log.exception("invoker job on session %s failed", job.session_id)
+            finally:
+                with self._cond:
+                    self._pending[job.session_id] = max(0, self._pending.get(job.session_id, 1) - 1)
+                    self._cond.notify_all()

@@ -1,0 +1,74 @@
+"""The invocation queue: jobs (session id + run mode) waiting for the invoker's worker."""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    session_id: str
+    run_all: bool = True
+
+
+class InvocationQueue(ABC):
+    @abstractmethod
+    def put(self, job: Job) -> None: ...
+
+    @abstractmethod
+    def get(self, timeout: float | None = None) -> Job | None:
+        """The next job, or None after `timeout` seconds or once closed."""
+
+    @abstractmethod
+    def remove(self, session_id: str) -> int:
+        """Drop the queued jobs of one session; returns how many."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool: ...
+
+    @abstractmethod
+    def pending(self, session_id: str) -> bool: ...
+
+
+class MemoryInvocationQueue(InvocationQueue):
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, job: Job) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Job | None:
+        with self._cond:
+            if not self._jobs and not self._closed:
+                self._cond.wait(timeout)
+            return self._jobs.popleft() if self._jobs and not self._closed else None
+
+    def remove(self, session_id: str) -> int:
+        with self._cond:
+            kept = deque(j for j in self._jobs if j.session_id != session_id)
+            removed = len(self._jobs) - len(kept)
+            self._jobs = kept
+            return removed
+
+    def pending(self, session_id: str) -> bool:
+        with self._cond:
+            return any(j.session_id == session_id for j in self._jobs)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
