@@ -64,13 +64,6 @@ class ConditioningField(BaseModel):
     conditioning_name: str
 
 
-class ModelField(BaseModel):
-    """A reference to a model known to the model manager."""
-
-    type_tag: ClassVar[str] = "model"
-    model_id: str
-
-
 # --------------------------------------------------------------------------------------------
 # Field declaration helpers
 
@@ -91,8 +84,8 @@ def InputField(
     """Declare a node input.
 
     kind: widget kind when the type alone does not say it ("prompt" for multiline text,
-    "seed", "path").  model_kind: which models a model input lists ("main", "vae", "upscaler",
-    "face_restore").  collect: the input takes any number of links, gathered into a list.
+    "seed", "path", "model").  A model input is a `str` holding a model id with kind="model" and
+    model_kind naming which models it lists ("main", "vae", "upscaler", "face_restore").  collect: the input takes any number of links, gathered into a list.
     """
     extra: dict[str, Any] = {}
     if kind:

@@ -1,0 +1,29 @@
+"""Shared fixtures: every test gets its own user folders (INVOKE_NODES_ROOT) and fresh services."""
+from __future__ import annotations
+
+import pytest
+
+from services.config import Settings
+from services.container import Services
+from services.invoker import Invoker
+
+
+@pytest.fixture
+def user_root(tmp_path, monkeypatch):
+    root = tmp_path / "user"
+    monkeypatch.setenv("INVOKE_NODES_ROOT", str(root))
+    for name in ("INVOKE_NODES_MODELS", "INVOKE_NODES_PLUGINS", "INVOKE_NODES_OUTPUTS"):
+        monkeypatch.delenv(name, raising=False)
+    return root
+
+
+@pytest.fixture
+def services(user_root) -> Services:
+    return Services.local(Settings.load())
+
+
+@pytest.fixture
+def invoker(services):
+    invoker = Invoker(services)
+    yield invoker
+    invoker.shutdown()
