@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from nodes.base import RANDOM_SEED, REGISTRY, BaseInvocation, is_compatible, random_seed
+from nodes.base import RANDOM_SEED, REGISTRY, BaseInvocation, is_compatible, list_item_tag, random_seed
 
 
 class GraphError(ValueError):
@@ -248,7 +248,8 @@ class Graph:
         source_tag = self.output_tag(link.from_node, link.from_field)
         target_tag = "any" if port.collect else port.tag
         if not is_compatible(source_tag, target_tag):
-            hint = " (gather single values into a list with a collect node)" if target_tag == f"list[{source_tag}]" else ""
+            item = list_item_tag(target_tag)
+            hint = " (gather single values into a list with a collect node)" if item and is_compatible(source_tag, item) else ""
             raise GraphError(f"cannot link {source_tag} output '{link.from_node}.{link.from_field}' into a {target_tag} input{hint}",
                              link.to_node, cls.node_type, link.to_field)
         if link.to_field in seen and not port.collect:

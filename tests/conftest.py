@@ -6,6 +6,7 @@ import pytest
 from services.config import Settings
 from services.container import Services
 from services.invoker import Invoker
+from tests import engine_nodes  # noqa: F401 - registers the test-only nodes
 
 
 @pytest.fixture

@@ -1,0 +1,252 @@
+"""The invoker: run all / run next, events, cancel, failure isolation, output cache, iterate/collect."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+from services.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED
+from tests import engine_nodes
+from tests.engine_nodes import RUNS
+
+
+def _chain(session, length, tag):
+    session.add_node({"type": "test_counting", "tag": f"{tag}1"})
+    for i in range(2, length + 1):
+        session.add_node({"type": "test_counting", "tag": f"{tag}{i}"}, [(-1, "value", "value")])
+
+
+def _record(services, session):
+    events = []
+    services.events.subscribe(lambda e: events.append((e.type, e.node_id, e.data.get("state"))), session.id)
+    return events
+
+
+def test_run_all_computes_values_and_emits_events(invoker, services):
+    session = invoker.create_session()
+    _chain(session, 3, "all")
+    events = _record(services, session)
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 10)
+    assert [session.results[n][0].outputs["value"] for n in ("1", "2", "3")] == [1, 2, 3]
+    assert events == [
+        (NODE_STARTED, "1", None), (NODE_COMPLETED, "1", "completed"),
+        (NODE_STARTED, "2", None), (NODE_COMPLETED, "2", "completed"),
+        (NODE_STARTED, "3", None), (NODE_COMPLETED, "3", "completed"),
+        (SESSION_COMPLETED, None, None),
+    ]
+    assert session.history == ["1", "2", "3"]
+
+
+def test_run_next_runs_one_node_at_a_time(invoker):
+    session = invoker.create_session()
+    _chain(session, 3, "next")
+    for expected in (["completed", "pending", "pending"], ["completed", "completed", "pending"]):
+        invoker.invoke(session, run_all=False)
+        assert invoker.wait(session.id, 10)
+        assert [session.node_state(n) for n in ("1", "2", "3")] == expected
+
+
+def test_nodes_appended_after_a_run_run_next_time_and_old_ones_do_not_rerun(invoker):
+    session = invoker.create_session()
+    _chain(session, 2, "grow")
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    session.add_node({"type": "test_counting", "tag": "grow3"}, [(-1, "value", "value")])
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    assert session.results["3"][0].outputs == {"value": 3}
+    assert RUNS["grow1"] == RUNS["grow2"] == RUNS["grow3"] == 1
+
+
+def test_a_failing_node_fails_alone_and_the_worker_survives(invoker, services):
+    session = invoker.create_session()
+    session.add_node({"type": "test_failing"})
+    session.add_node({"type": "test_counting", "tag": "child"}, [(-1, "value", "value")])
+    session.add_node({"type": "test_counting", "tag": "independent"})
+    events = _record(services, session)
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 10)
+    assert session.node_state("1") == "failed"
+    assert session.results["1"][0].error == "RuntimeError: boom on purpose"
+    assert session.node_state("2") == "skipped" and "input node '1' (test_failing) failed" in session.results["2"][0].error
+    assert session.node_state("3") == "completed"
+    assert (NODE_FAILED, "1", "failed") in events and (NODE_FAILED, "2", "skipped") in events
+    # the worker thread is still alive and serves the next job
+    other = invoker.create_session()
+    other.add_node({"type": "integer", "value": 5})
+    invoker.invoke(other)
+    assert invoker.wait(other.id, 10) and other.node_state("1") == "completed"
+
+
+def test_missing_required_input_fails_at_run_time_naming_the_field(invoker):
+    session = invoker.create_session()
+    session.add_node({"type": "resize"}, strict=False)
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    assert session.results["1"][0].error == "node '1' (resize), field 'image': required input has neither a value nor a link"
+
+
+def test_cancel_returns_at_once_and_stops_within_a_step(invoker, services):
+    engine_nodes.STARTED.clear()
+    session = invoker.create_session()
+    session.add_node({"type": "test_slow", "steps": 1000})
+    session.add_node({"type": "test_counting", "tag": "after_cancel"}, [(-1, "value", "value")])
+    events = _record(services, session)
+    invoker.invoke(session)
+    assert engine_nodes.STARTED.wait(10)
+    time.sleep(0.05)
+    begin = time.perf_counter()
+    invoker.cancel(session.id)
+    returned = time.perf_counter() - begin
+    assert invoker.wait(session.id, 5)
+    stopped = time.perf_counter() - begin
+    assert returned < 0.01 and stopped < 0.5
+    assert session.node_state("1") == "canceled" and session.node_state("2") == "pending"
+    assert events[-1][0] == SESSION_CANCELED
+    progress = [e for e in events if e[0] == NODE_PROGRESS]
+    assert 0 < len(progress) < 1000
+    # a canceled session runs again from where it stopped
+    session2 = session.set_value("1", "steps", 3)
+    invoker.add_session(session2)
+    invoker.invoke(session2)
+    assert invoker.wait(session2.id, 10)
+    assert session2.results["2"][0].outputs == {"value": 4}
+
+
+def test_cancel_of_a_queued_session_drops_its_job(services):
+    from services.invoker import Invoker
+
+    invoker = Invoker(services, start=False)
+    session = invoker.create_session()
+    session.add_node({"type": "integer"})
+    events = _record(services, session)
+    invoker.invoke(session)
+    invoker.cancel(session.id)
+    assert not invoker.is_busy(session.id)
+    assert events == [(SESSION_CANCELED, None, None)]
+    invoker.start()
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 10) and session.node_state("1") == "completed"
+    invoker.shutdown()
+
+
+def test_fork_reruns_only_the_changed_node_and_its_descendants(invoker):
+    session = invoker.create_session()
+    session.add_node({"type": "test_counting", "tag": "f_a"})
+    session.add_node({"type": "test_counting", "tag": "f_b"}, [(-1, "value", "value")])
+    session.add_node({"type": "test_counting", "tag": "f_side"})
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    fork = session.set_value("2", "tag", "f_b2")
+    assert fork.parent_id == session.id
+    invoker.add_session(fork)
+    invoker.invoke(fork)
+    invoker.wait(fork.id, 10)
+    assert [fork.node_state(n) for n in ("1", "2", "3")] == ["cached", "completed", "cached"]
+    assert RUNS["f_a"] == 1 and RUNS["f_side"] == 1 and RUNS["f_b2"] == 1
+    assert fork.results["2"][0].outputs == {"value": 2}
+
+
+def test_rerunning_an_unchanged_graph_hits_the_cache_even_in_a_new_session(invoker):
+    graph = {"nodes": [{"id": "a", "type": "test_counting", "tag": "same"}], "links": []}
+    for _ in range(3):
+        session = invoker.create_session(graph)
+        invoker.invoke(session)
+        invoker.wait(session.id, 10)
+    assert RUNS["same"] == 1
+    assert session.node_state("a") == "cached"
+
+
+def test_cached_image_output_whose_file_is_gone_runs_again(invoker, services):
+    session = invoker.create_session({"nodes": [{"id": "n", "type": "noise_image", "width": 8, "height": 8, "seed": 3}], "links": []})
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    name = session.results["n"][0].outputs["image"]["image_name"]
+    services.images.delete(name)
+    again = invoker.create_session(session.graph.to_dict())
+    invoker.invoke(again)
+    invoker.wait(again.id, 10)
+    assert again.node_state("n") == "completed"
+    assert services.images.exists(again.results["n"][0].outputs["image"]["image_name"])
+
+
+def test_iterate_and_collect_make_one_image_per_seed(invoker, services):
+    session = invoker.create_session()
+    session.add_node({"type": "random_range", "size": 4, "seed": 11})
+    session.add_node({"type": "iterate"}, [(-1, "collection", "collection")])
+    session.add_node({"type": "noise_image", "width": 16, "height": 16, "scale": 4}, [(-1, "item", "seed")])
+    session.add_node({"type": "collect"}, [(-1, "image", "item")])
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 20)
+    seeds = session.results["1"][0].outputs["collection"]
+    noise_rows = session.results["3"]
+    assert len(noise_rows) == 4
+    assert [r.index for r in noise_rows] == [(("2", i),) for i in range(4)]
+    images = session.results["4"][0].outputs["collection"]
+    assert [i["image_name"] for i in images] == [r.outputs["image"]["image_name"] for r in noise_rows]
+    pixels = [np.asarray(services.images.get(i["image_name"])) for i in images]
+    assert all(p.shape == (16, 16, 3) for p in pixels)
+    assert len({p.tobytes() for p in pixels}) == 4, "four different seeds give four different images"
+    # the image of item 0 is the image of its seed
+    single = invoker.create_session({"nodes": [{"id": "x", "type": "noise_image", "width": 16, "height": 16, "scale": 4, "seed": seeds[0]}], "links": []})
+    invoker.invoke(single)
+    invoker.wait(single.id, 10)
+    assert single.results["x"][0].outputs["image"] == images[0], "same inputs: served from the cache"
+
+
+def test_two_iterations_join_by_index(invoker):
+    session = invoker.create_session()
+    session.add_node({"type": "range", "start": 0, "stop": 3})
+    session.add_node({"type": "iterate"}, [(-1, "collection", "collection")])
+    session.add_node({"type": "math", "operation": "mul", "b": 10}, [(-1, "item", "a")])
+    session.add_node({"type": "math", "operation": "add"}, [(-1, "value", "a"), (-2, "item", "b")])
+    session.add_node({"type": "collect"}, [(-1, "value", "item")])
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    assert session.results["5"][0].outputs["collection"] == [0, 11, 22]
+
+
+def test_many_sessions_queue_and_all_finish(invoker):
+    sessions = []
+    for i in range(5):
+        session = invoker.create_session()
+        _chain(session, 3, f"q{i}_")
+        invoker.invoke(session)
+        sessions.append(session)
+    for session in sessions:
+        assert invoker.wait(session.id, 10)
+        assert session.is_complete()
+
+
+def test_progress_events_reach_subscribers_from_the_worker_thread(invoker, services):
+    session = invoker.create_session()
+    session.add_node({"type": "test_slow", "steps": 5})
+    threads = set()
+    steps = []
+
+    def on_event(event):
+        threads.add(threading.current_thread().name)
+        if event.type == NODE_PROGRESS:
+            steps.append(event.data["step"])
+
+    services.events.subscribe(on_event, session.id)
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    assert steps == [1, 2, 3, 4, 5]
+    assert threads == {"invoker"}
+
+
+def test_sessions_are_stored_and_read_back_with_results(invoker, services):
+    session = invoker.create_session()
+    session.add_node({"type": "solid_color", "width": 4, "height": 4, "color": "red"})
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    from services.sessions import DiskSessionStore
+
+    fresh = DiskSessionStore(services.settings.sessions_dir).get(session.id)
+    assert fresh.to_dict() == session.to_dict()
+    name = fresh.results["1"][0].outputs["image"]["image_name"]
+    assert Image.open(services.images.path(name)).getpixel((0, 0)) == (255, 0, 0)
