@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import inspect
 import random
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ class Port:
     collect: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if v is not None}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items() if v is not None}
         if self.default is None and not self.required:
             data["default"] = None
         return data
@@ -370,7 +371,8 @@ class BaseInvocation(BaseModel):
         if params != ["self", "context"]:
             raise NodeDefinitionError(f"invoke must take (self, context), not ({', '.join(params)})")
         try:
-            hints = typing.get_type_hints(cls.invoke, vars(inspect.getmodule(cls)))
+            module = sys.modules.get(cls.__module__)
+            hints = typing.get_type_hints(cls.invoke, getattr(module, "__dict__", None))
         except Exception as exc:  # a name in the annotation that does not resolve
             raise NodeDefinitionError(f"cannot read invoke()'s return annotation: {exc}") from None
         output = hints.get("return")
