@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Any, ClassVar, Literal
 
-from .base import BaseInvocation, BaseInvocationOutput, InputField, OutputField, SeedField, list_item_tag
+from .base import BaseInvocation, BaseInvocationOutput, InputField, NodeInputError, OutputField, SeedField, list_item_tag
 
 
 class IntListOutput(BaseInvocationOutput):
@@ -22,8 +22,6 @@ class RangeInvocation(BaseInvocation):
 
     def invoke(self, context) -> IntListOutput:
         if self.step == 0:
-            from .base import NodeInputError
-
             raise NodeInputError("step", "must not be 0")
         return IntListOutput(collection=list(range(self.start, self.stop, self.step)))
 

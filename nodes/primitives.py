@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
+import operator
 import random
 from typing import ClassVar, Literal
 
-from .base import BaseInvocation, InputField, SeedField
+from .base import BaseInvocation, InputField, NodeInputError, SeedField
 from .outputs import BoolOutput, FloatOutput, IntOutput, SeedOutput, StringOutput
 
 
@@ -81,15 +82,14 @@ class RandomIntInvocation(BaseInvocation):
 MathOperation = Literal["add", "sub", "mul", "div", "pow", "min", "max", "mod"]
 
 
+_OPERATIONS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+               "pow": operator.pow, "min": min, "max": max, "mod": operator.mod}
+
+
 def _apply(operation: str, a: float, b: float) -> float:
     if operation in ("div", "mod") and b == 0:
-        from .base import NodeInputError
-
         raise NodeInputError("b", "division by zero")
-    return {
-        "add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "div": lambda: a / b,
-        "pow": lambda: a**b, "min": lambda: min(a, b), "max": lambda: max(a, b), "mod": lambda: a % b,
-    }[operation]()
+    return _OPERATIONS[operation](a, b)
 
 
 class MathInvocation(BaseInvocation):

@@ -13,7 +13,8 @@ from .lru import LRU
 
 
 def cache_key(node_type: str, version: str, values: dict[str, Any], salt: Any = None) -> str:
-    text = json.dumps([node_type, version, values, salt], sort_keys=True, separators=(",", ":"), default=repr)
+    # Top-level fields sorted; nested values are model dumps whose key order is fixed by their class.
+    text = json.dumps([node_type, version, sorted(values.items()), salt], separators=(",", ":"), default=repr)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

@@ -39,8 +39,12 @@ class NodeContext:
         self.session_id = session.id
         self.node_id = node_id
         self.index = index
-        self.images = NodeImages(services, session, node_id)
+        self._session = session
         self._cancel = cancel
+
+    @property
+    def images(self) -> NodeImages:
+        return NodeImages(self.services, self._session, self.node_id)
 
     @property
     def objects(self) -> Any:
@@ -65,7 +69,7 @@ class NodeContext:
         """Report progress (and a preview image); raises CanceledError once the session is canceled,
         so a node that reports every step stops within one step."""
         if self.services.events.wants(self.session_id):
-            data: dict[str, Any] = {"step": step, "total": total, "message": message, "index": [list(p) for p in self.index]}
+            data: dict[str, Any] = {"step": step, "total": total, "message": message, "index": self.index}
             if preview is not None:
                 data["preview"] = preview
             self.services.events.emit(Event(NODE_PROGRESS, self.session_id, self.node_id, data))

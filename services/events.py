@@ -25,6 +25,8 @@ EVENT_TYPES = (NODE_STARTED, NODE_PROGRESS, NODE_COMPLETED, NODE_FAILED, SESSION
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """`data["index"]`, where present, is the fan-out position: ((iterate node id, item), ...)."""
+
     type: str
     session_id: str
     node_id: str | None = None

@@ -10,6 +10,7 @@ Generic mechanisms rather than special node names:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 Index = tuple[tuple[str, int], ...]
 _REFERENCE_TAGS = frozenset({"image", "latents", "conditioning"})
+
+
+@functools.cache
+def _reference_outputs(cls: type[BaseInvocation]) -> dict[str, str]:
+    """Outputs that name stored images/objects: a cached value is only good while they exist."""
+    return {name: port.tag for name, port in cls.outputs().items() if port.tag in _REFERENCE_TAGS}
 
 
 class SessionRun:
@@ -88,9 +95,9 @@ class SessionRun:
             self.session.history.append(node_id)
         for row in rows:
             if row.state in DONE_STATES:
-                self.emit(NODE_COMPLETED, node_id, state=row.state, outputs=row.outputs, index=[list(p) for p in row.index])
+                self.emit(NODE_COMPLETED, node_id, state=row.state, outputs=row.outputs, index=row.index)
             else:
-                self.emit(NODE_FAILED, node_id, state=row.state, error=row.error, index=[list(p) for p in row.index])
+                self.emit(NODE_FAILED, node_id, state=row.state, error=row.error, index=row.index)
 
     # --- one node ----------------------------------------------------------------------------
 
@@ -127,7 +134,7 @@ class SessionRun:
             if cached is not None and all(self._alive(cls, out) for out in cached):
                 return [NodeResult(node.id, CACHED, self._item_index(node, index, i, len(cached)), out, cache_key=key)
                         for i, out in enumerate(cached)]
-        self.emit(NODE_STARTED, node.id, index=[list(p) for p in index])
+        self.emit(NODE_STARTED, node.id, index=index)
         context = NodeContext(self.services, self.session, node.id, self.cancel, index)
         try:
             result = invocation.invoke(context)
@@ -157,16 +164,19 @@ class SessionRun:
         return tuple(sorted((*index, (node.id, item))))
 
     def _alive(self, cls: type[BaseInvocation], outputs: dict[str, Any]) -> bool:
-        tags = {name: port.tag for name, port in cls.outputs().items() if port.tag in _REFERENCE_TAGS}
+        tags = _reference_outputs(cls)
         return not tags or self.services.outputs_alive(tags, outputs)
 
     def _instances(self, node: GraphNode) -> list[tuple[Index, dict[str, Any]]]:
         """Every combination of upstream rows whose fan-out indices agree, with the linked values."""
         results = self.session.results
+        links = self.session.graph.links_in[node.id]
+        if not links:
+            return [((), {})]
         ports = node.cls.inputs()
         collected: dict[str, list[Any]] = {}
         by_source: dict[str, list[tuple[str, str]]] = {}
-        for link in self.session.graph.links_in[node.id]:
+        for link in links:
             if ports[link.to_field].collect:
                 bucket = collected.setdefault(link.to_field, [])
                 bucket.extend(row.outputs[link.from_field] for row in results[link.from_node])

@@ -90,20 +90,24 @@ class LinkRequest:
 
 
 class GraphNode:
-    __slots__ = ("id", "cls", "values", "out_tags")
+    __slots__ = ("id", "cls", "values", "out_tags", "_saved")
 
     def __init__(self, node_id: str, cls: type[BaseInvocation], values: dict[str, Any], out_tags: dict[str, str]):
         self.id = node_id
         self.cls = cls
         self.values = values  # JSON-able values of fields that were given (links fill the rest)
         self.out_tags = out_tags  # output tags narrowed by infer_output_tags
+        self._saved: dict[str, Any] | None = None
 
     @property
     def type(self) -> str:
         return self.cls.node_type
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.cls.node_type, "version": self.cls.version, **self.values}
+        # A node never changes once added, so its saved form is built once (sessions save often).
+        if self._saved is None:
+            self._saved = {"id": self.id, "type": self.cls.node_type, "version": self.cls.version, **self.values}
+        return dict(self._saved)
 
 
 def node_class(node_type: Any, node_id: str | None = None) -> type[BaseInvocation]:

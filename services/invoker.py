@@ -65,6 +65,17 @@ class Invoker:
     def save(self, session: Session) -> None:
         self.services.sessions.save(session)
 
+    def delete_session(self, session_id: str) -> None:
+        """Forget a session and delete its file (cancel and wait for a running one first)."""
+        live = self._live.pop(session_id, None)
+        with self._cond:
+            self._cancel.pop(session_id, None)
+        try:
+            self.services.sessions.delete(session_id)
+        except SessionNotFoundError:
+            if live is None:
+                raise
+
     def _warm_cache(self, session: Session) -> None:
         """Results saved with a session seed the output cache, so reopening it costs nothing."""
         for node_id, rows in session.results.items():

@@ -117,6 +117,8 @@ class Session:
         rows = self.results.get(node_id)
         if not rows:
             return PENDING
+        if len(rows) == 1:
+            return rows[0].state
         states = {r.state for r in rows}
         for state in (RUNNING, FAILED, CANCELED, SKIPPED, QUEUED):
             if state in states:
@@ -149,8 +151,9 @@ class Session:
                 "ui": self.ui,
             }
 
-    def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    def to_json(self, indent: int | None = None) -> str:
+        # indent=None keeps json's C encoder: a 10,000-node session saves in a fraction of the time
+        return json.dumps(self.to_dict(), indent=indent, separators=(",", ":") if indent is None else None)
 
     @classmethod
     def from_dict(cls, data: Any) -> "Session":

@@ -85,7 +85,8 @@ class DiskSessionStore(SessionStore):
 
 
 def write_session_file(session: Session, path: str | Path) -> None:
-    atomic_write_text(path, session.to_json())
+    """Save for a user: indented, so the file reads and diffs well."""
+    atomic_write_text(path, session.to_json(indent=1))
 
 
 def read_session_file(path: str | Path) -> Session:

@@ -25,6 +25,7 @@ FACE_RESTORE = "face_restore"
 FACE_ARCHITECTURES = frozenset({"GFPGAN", "RestoreFormer", "CodeFormer"})
 MASKED_ARCHITECTURES = frozenset({"LaMa", "MAT"})  # inpainting models: a different node family
 
+FACE_SIZE = 512  # GFPGAN / RestoreFormer / CodeFormer faces are FFHQ-aligned 512x512 crops
 PTH_SUFFIXES = frozenset({".pth", ".pt", ".ckpt", ".bin"})
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -33,7 +34,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 # Reading files
 
 
-def _read_state_dict(path: Path, *, lazy: bool) -> dict[str, Any]:
+def read_state_dict(path: Path, *, lazy: bool) -> dict[str, Any]:
     """The file's tensors, never executing pickled code.  lazy: memory-map (for probing)."""
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
@@ -73,7 +74,11 @@ def _torch_load(path: Path, *, lazy: bool) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The gist of an error: its first line, or two where the first is only a heading ("...:")."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
 
 
 def _registry() -> Any:
@@ -119,7 +124,7 @@ def probe_restoration_file(path: str | Path) -> tuple[str, str]:
     Only detects: no network is built, and .pth files are memory-mapped, so scanning stays cheap.
     """
     path = Path(path)
-    architecture = _detect(_read_state_dict(path, lazy=True), path.name)
+    architecture = _detect(read_state_dict(path, lazy=True), path.name)
     return _kind_of(architecture, path.name), str(architecture.id)
 
 
@@ -127,14 +132,14 @@ def load_restoration_model(path: str | Path, device: str | torch.device = "cpu",
     """Load a file into a spandrel ImageModelDescriptor in eval mode on `device`.
 
     dtype None: fp16 on CUDA where the architecture supports it (else bf16, else fp32), fp32 on CPU.
-    A requested dtype the architecture cannot run in falls back the same way.
+    A requested dtype the architecture cannot run in falls back in the same order (fp16 > bf16 > fp32).
     """
     from spandrel import ImageModelDescriptor
 
     path = Path(path)
-    state_dict = _read_state_dict(path, lazy=False)
+    state_dict = read_state_dict(path, lazy=False)
     architecture = _detect(state_dict, path.name)
-    kind = _kind_of(architecture, path.name)
+    _kind_of(architecture, path.name)  # refuses inpainting models before building them
     try:
         descriptor = architecture.load(state_dict)
     except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
@@ -146,13 +151,14 @@ def load_restoration_model(path: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{path.name}: {architecture.name} is not an image-to-image model")
     device = torch.device(device)
     descriptor.to(device, _pick_dtype(descriptor, device, dtype)).eval()
-    descriptor.kind = kind  # the manager and the nodes read it without re-detecting
     return descriptor
 
 
 def _pick_dtype(descriptor: Any, device: torch.device, wanted: torch.dtype | None) -> torch.dtype:
-    if device.type == "cpu":
-        return torch.float32  # half precision on CPU is slow and some kernels lack it
+    if wanted is None:
+        # fp32 on the CPU, where half precision is slow and some kernels lack it.  A dtype passed
+        # explicitly is kept on any device: the model manager loads on the CPU, then moves to the GPU.
+        wanted = torch.float16 if device.type == "cuda" else torch.float32
     supported = [torch.float32]
     if descriptor.supports_bfloat16:
         supported.insert(0, torch.bfloat16)
@@ -180,6 +186,48 @@ def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     if array.shape[2] == 1:
         return Image.fromarray(array[:, :, 0], "L")
     return Image.fromarray(array, "RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# Running models
+
+
+def upscale_image(descriptor: Any, image: Image.Image, tile: int, overlap: int,
+                  on_tile: Any = None) -> Image.Image:
+    """Run an upscaler over a PIL image in tiles; alpha is resized alongside, grey stays grey."""
+    from .tiling import run_tiled
+
+    alpha = image.getchannel("A") if "A" in image.getbands() else None
+    grey = image.mode in ("L", "LA", "I", "I;16", "F")
+    tensor = image_to_tensor(image, descriptor.input_channels, descriptor.device, descriptor.dtype)
+    with torch.inference_mode():
+        output = run_tiled(descriptor, tensor, descriptor.scale, tile, overlap, on_tile)
+    result = tensor_to_image(output)
+    if grey and result.mode != "L":
+        result = result.convert("L")
+    elif not grey and result.mode == "L":
+        result = result.convert("RGB")
+    if alpha is not None:
+        result = result.convert("LA" if grey else "RGBA")
+        result.putalpha(alpha.resize(result.size, Image.Resampling.BICUBIC))
+    return result
+
+
+def restore_face(descriptor: Any, face: Image.Image) -> Image.Image:
+    """Restore one aligned face (any size; run at the model's 512x512) and return it at 512x512."""
+    face = face.convert("RGB")
+    if face.size != (FACE_SIZE, FACE_SIZE):
+        face = face.resize((FACE_SIZE, FACE_SIZE), Image.Resampling.LANCZOS)
+    tensor = image_to_tensor(face, 3, descriptor.device, descriptor.dtype)
+    with torch.inference_mode():
+        if descriptor.architecture.id == "GFPGAN":
+            # spandrel hands GFPGAN raw [-1, 1] tensors, as the original GFPGANer wrapper did; the
+            # stored noise (randomize_noise=False) keeps results reproducible
+            output = descriptor.model(tensor * 2 - 1, return_rgb=False, randomize_noise=False)[0]
+            output = (output + 1) / 2
+        else:
+            output = descriptor(tensor)
+    return tensor_to_image(output)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +269,7 @@ def _real_esrgan_shapes(scale: int, num_feat: int, num_blocks: int, grow: int = 
 def write_tiny_upscaler(path: str | Path, scale: int = 4, num_feat: int = 8, num_blocks: int = 1, seed: int = 0) -> Path:
     """A random-weight Real-ESRGAN (RRDBNet) file, saved like the official releases ({"params_ema": ...}).
 
-    Weights are small and the last bias is 0.5, so outputs sit mid-range instead of clamping.
+    He-scaled weights and a last bias of 0.5 make outputs vary around mid-grey instead of clamping.
     """
     if scale not in (1, 2, 4):
         raise ValueError(f"Real-ESRGAN scales are 1, 2 or 4, not {scale}")
@@ -229,7 +277,7 @@ def write_tiny_upscaler(path: str | Path, scale: int = 4, num_feat: int = 8, num
     state_dict = {}
     for name, shape in _real_esrgan_shapes(scale, num_feat, num_blocks).items():
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        state_dict[name] = torch.randn(shape, generator=generator) * (0.5 / fan_in**0.5 if len(shape) > 1 else 0.01)
+        state_dict[name] = torch.randn(shape, generator=generator) * (0.9 / fan_in**0.5 if len(shape) > 1 else 0.01)
     state_dict["conv_last.bias"] = torch.full((3,), 0.5)
     return _save(state_dict, Path(path), wrap_key="params_ema")
 

@@ -1,0 +1,142 @@
+"""Tiny random-weight models written as real files, so every node can run without downloads.
+
+`invoke-nodes make-demo-models DIR` writes them; the tests build theirs with the same functions.
+Random weights make noise images: these exist to try the nodes and to test loading, not to draw.
+
+The SD 1.x models have the real architecture shape (UNet, VAE, CLIP text encoder with the real
+CLIP tokenizer) at a tiny width.  A single file is written in the original SD key layout with a
+"<name>.config/" diffusers config folder beside it, because its sizes are not SD 1.5's own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .model_configs import ASSETS, write_clip_tokenizer
+
+TINY_TEXT_WIDTH = 32
+
+
+def _seeded(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def tiny_unet(seed: int = 0, in_channels: int = 4, cross_attention_dim: int = TINY_TEXT_WIDTH) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    _seeded(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32)
+
+
+def tiny_vae(seed: int = 0) -> Any:
+    """Four levels like SD's VAE, so latents are 1/8 of the image size."""
+    from diffusers import AutoencoderKL
+
+    _seeded(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8, sample_size=64, scaling_factor=0.18215)
+
+
+def tiny_text_encoder(seed: int = 0) -> Any:
+    """CLIP-L's layout (quick_gelu, 77 positions, the full 49408-token vocabulary) at width 32."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(seed)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=TINY_TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                            projection_dim=TINY_TEXT_WIDTH, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return CLIPTextModel(config).eval()
+
+
+def tiny_sd1_modules(seed: int = 0, inpaint: bool = False) -> dict[str, Any]:
+    return {"unet": tiny_unet(seed, in_channels=9 if inpaint else 4), "vae": tiny_vae(seed + 1),
+            "text_encoder": tiny_text_encoder(seed + 2)}
+
+
+def _write_configs(folder: Path, modules: dict[str, Any]) -> None:
+    """Everything of a diffusers SD 1.x folder except the weights: model_index, configs, tokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ASSETS / "sd1" / "model_index.json", folder / "model_index.json")
+    shutil.copytree(ASSETS / "sd1" / "scheduler", folder / "scheduler", dirs_exist_ok=True)
+    modules["unet"].save_config(folder / "unet")
+    modules["vae"].save_config(folder / "vae")
+    modules["text_encoder"].config.save_pretrained(folder / "text_encoder")
+    write_clip_tokenizer(folder / "tokenizer")
+
+
+def write_tiny_sd1_diffusers(folder: Path | str, seed: int = 0, inpaint: bool = False) -> Path:
+    """A diffusers pipeline folder (safetensors weights) of a tiny SD 1.x model."""
+    folder = Path(folder)
+    modules = tiny_sd1_modules(seed, inpaint)
+    _write_configs(folder, modules)
+    for name, module in modules.items():
+        module.save_pretrained(folder / name, safe_serialization=True)
+    return folder
+
+
+def sidecar_folder(path: Path) -> Path:
+    return path.with_name(path.stem + ".config")
+
+
+def write_tiny_sd1_single_file(path: Path | str, seed: int = 0) -> Path:
+    """One file in the original SD key layout (.safetensors, or a tensors-only .ckpt) plus its config folder."""
+    import torch
+
+    from .checkpoints import sd1_to_ldm
+
+    path = Path(path)
+    modules = tiny_sd1_modules(seed)
+    state = sd1_to_ldm(**modules)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"format": "pt"})
+    else:
+        torch.save({"state_dict": state, "global_step": 0}, path)
+    _write_configs(sidecar_folder(path), modules)
+    return path
+
+
+def write_tiny_vae_folder(folder: Path | str, seed: int = 10) -> Path:
+    """A diffusers AutoencoderKL folder (config.json + weights)."""
+    folder = Path(folder)
+    tiny_vae(seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_demo_models(target: Path) -> list[Path]:
+    from .restoration import write_tiny_face_restorer, write_tiny_upscaler
+
+    return [
+        write_tiny_sd1_diffusers(target / "tiny-sd1"),
+        write_tiny_sd1_single_file(target / "tiny-sd1-single.safetensors", seed=1),
+        write_tiny_vae_folder(target / "tiny-vae"),
+        write_tiny_upscaler(target / "tiny-upscaler-x4.pth"),
+        write_tiny_face_restorer(target / "tiny-face-restorer.pth"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="invoke-nodes make-demo-models",
+                                     description="Write tiny random-weight models to try every node without downloads.")
+    parser.add_argument("dir", type=Path, help="folder to write into (e.g. your models folder)")
+    args = parser.parse_args(argv)
+    written = write_demo_models(args.dir.expanduser())
+    for path in written:
+        print(f"wrote {path}")
+    print("\nThese models have RANDOM weights: generation and restoration nodes run with them, "
+          "but their images are noise.\nPut real model files in your models folder for real images.")
+    index = args.dir.expanduser() / "DEMO-MODELS.json"
+    index.write_text(json.dumps({"random_weights": True, "files": [p.name for p in written]}, indent=2))
+    return 0

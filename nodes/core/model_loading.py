@@ -1,0 +1,94 @@
+"""Loading model files into memory (the model manager calls these; torch imported here)."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never let diffusers/transformers reach a hub
+
+import torch  # noqa: E402
+
+from .checkpoints import UnsafeCheckpointError  # noqa: E402
+from .model_configs import config_folder  # noqa: E402
+
+
+def _quiet_libraries() -> None:
+    """No per-component progress bars on the console: loading is reported by the app."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+
+
+def pipeline_class(base: str) -> type:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if base == "sdxl" else StableDiffusionPipeline
+
+
+def load_from_disk(info: Any, dtype_name: str, cache_dir: Path, device: str = "cpu") -> Any:
+    """Read one model (a ModelInfo) from disk: a diffusers pipeline, an AutoencoderKL or a spandrel descriptor."""
+    dtype = getattr(torch, dtype_name)
+    path = Path(info.path)
+    _quiet_libraries()
+    if info.kind in ("upscaler", "face_restore"):
+        from .restoration import load_restoration_model
+
+        return load_restoration_model(path, device, dtype)
+    try:
+        if info.kind == "vae":
+            return _load_vae(info, path, dtype, cache_dir)
+        if info.kind == "main":
+            return _load_pipeline(info, path, dtype, cache_dir)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(f"{path.name} needs pickled code to load, which could run anything, so it is "
+                                    f"refused ({str(exc).splitlines()[0] if str(exc) else 'unsupported pickle'})") from None
+    raise ValueError(f"model '{info.id}' has kind '{info.kind}', which cannot be loaded")
+
+
+def _load_pipeline(info: Any, path: Path, dtype: torch.dtype, cache_dir: Path) -> Any:
+    cls = pipeline_class(info.base)
+    extra = {} if info.base == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    if info.format == "diffusers":
+        pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
+    else:
+        config = info.config_path or config_folder(info.base, cache_dir / "model_configs")
+        pipe = cls.from_single_file(str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_vae(info: Any, path: Path, dtype: torch.dtype, cache_dir: Path) -> Any:
+    from diffusers import AutoencoderKL
+
+    if info.format == "diffusers":
+        return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    if info.config_path:  # a sidecar holding the VAE's own config.json
+        return AutoencoderKL.from_single_file(str(path), config=info.config_path, torch_dtype=dtype, local_files_only=True)
+    config = config_folder("sd1", cache_dir / "model_configs")  # SD 1.x/2.x/XL VAEs share the architecture
+    return AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", torch_dtype=dtype,
+                                          local_files_only=True)
+
+
+def _modules(model: Any) -> list[torch.nn.Module]:
+    if hasattr(model, "components"):  # a diffusers pipeline
+        return [m for m in model.components.values() if isinstance(m, torch.nn.Module)]
+    inner = getattr(model, "model", None)  # a spandrel descriptor
+    if isinstance(inner, torch.nn.Module):
+        return [inner]
+    return [model] if isinstance(model, torch.nn.Module) else []
+
+
+def model_bytes(model: Any) -> int:
+    return sum(t.numel() * t.element_size() for m in _modules(model) for t in (*m.parameters(), *m.buffers()))
+
+
+def move_model(model: Any, device: str) -> Any:
+    moved = model.to(device)
+    if device == "cpu" and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand freed blocks back so the budget is real memory
+    return moved if moved is not None else model

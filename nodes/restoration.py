@@ -1,0 +1,129 @@
+"""Restoration nodes: upscale (Real-ESRGAN, ESRGAN, SwinIR, HAT, ...) and face_restore (GFPGAN,
+RestoreFormer).  Models load through the model manager (spandrel); torch loads only when they run."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from PIL import Image
+
+from .base import BaseInvocation, ImageField, InputField, NodeInputError
+from .outputs import ImageOutput
+
+UPSCALER = "upscaler"  # model kinds, as nodes.core.restoration names them (not imported: no torch here)
+FACE_RESTORE = "face_restore"
+
+
+def _load_model(context: Any, model_id: str, kind: str) -> Any:
+    """The loaded spandrel descriptor for `model_id`, checked to be of `kind` before loading."""
+    if not model_id:
+        raise NodeInputError("model", f"choose a {kind.replace('_', ' ')} model")
+    try:
+        info = context.models.get(model_id)
+    except KeyError as exc:  # the manager's message lists the known models
+        raise NodeInputError("model", str(exc.args[0]) if exc.args else f"no model '{model_id}'") from None
+    if info.kind != kind:
+        raise NodeInputError("model", f"'{model_id}' is a {info.kind} model, not a {kind} model")
+    try:
+        return context.models.load(model_id)
+    except ValueError as exc:  # the file is there but cannot be used: the reason names it
+        raise NodeInputError("model", str(exc)) from None
+
+
+def _stored(context: Any, image: Image.Image) -> ImageOutput:
+    return ImageOutput.of(context.images.save(image), image)
+
+
+class UpscaleInvocation(BaseInvocation):
+    """Upscale an image with a super-resolution model, tile by tile so that large images fit.
+
+    Tiles overlap and their seams are blended; `scale` resizes the model's output to another factor.
+    """
+
+    type: Literal["upscale"] = "upscale"
+    category: ClassVar[str] = "restoration"
+    tags: ClassVar[tuple[str, ...]] = ("upscale", "esrgan", "super resolution")
+    image: ImageField = InputField(description="Image to upscale")
+    model: str = InputField("", description="Upscaler model (Real-ESRGAN, ESRGAN, SwinIR, HAT, ...)",
+                            kind="model", model_kind=UPSCALER)
+    scale: float = InputField(0.0, ge=0, le=16, description="Output size factor; 0 keeps the model's own factor")
+    tile_size: int = InputField(512, ge=32, le=8192, description="Tile size in input pixels (smaller uses less memory)")
+    tile_overlap: int = InputField(32, ge=0, le=1024, description="Overlap of neighbouring tiles, blended to hide seams")
+
+    def invoke(self, context) -> ImageOutput:
+        from .core.restoration import upscale_image
+
+        if self.tile_overlap * 2 >= self.tile_size:
+            raise NodeInputError("tile_overlap", f"must be less than half the tile size ({self.tile_size})")
+        image = context.images.get(self.image)
+        descriptor = _load_model(context, self.model, UPSCALER)
+        context.raise_if_canceled()
+
+        def on_tile(done: int, total: int) -> None:
+            context.progress(done, total, f"tile {done}/{total}")
+
+        result = upscale_image(descriptor, image, self.tile_size, self.tile_overlap, on_tile)
+        if self.scale and self.scale != descriptor.scale:
+            size = (max(1, round(image.width * self.scale)), max(1, round(image.height * self.scale)))
+            result = result.resize(size, Image.Resampling.LANCZOS)
+        return _stored(context, result)
+
+
+class FaceRestoreInvocation(BaseInvocation):
+    """Restore faces with GFPGAN or RestoreFormer: detect and align each face, restore it, paste it back.
+
+    With `aligned` the input is taken as one already aligned face crop (e.g. 512x512): no detector.
+    """
+
+    type: Literal["face_restore"] = "face_restore"
+    category: ClassVar[str] = "restoration"
+    tags: ClassVar[tuple[str, ...]] = ("face", "gfpgan", "restoreformer")
+    image: ImageField = InputField(description="Image with faces, or one aligned face")
+    model: str = InputField("", description="Face restoration model (GFPGAN, RestoreFormer)",
+                            kind="model", model_kind=FACE_RESTORE)
+    fidelity: float = InputField(0.0, ge=0, le=1, description="0: fully restored faces; 1: the original faces")
+    aligned: bool = InputField(False, description="The image is one aligned face crop: restore it whole, no detector")
+    detector: Literal["retinaface_resnet50"] = InputField(
+        "retinaface_resnet50", description="Face detector; its weights are read from <models folder>/face_detection")
+    max_faces: int = InputField(0, ge=0, le=100, description="Restore at most this many faces, largest score first (0: all)")
+
+    def invoke(self, context) -> ImageOutput:
+        image = context.images.get(self.image)
+        descriptor = _load_model(context, self.model, FACE_RESTORE)
+        if self.aligned:
+            return _stored(context, self._restore_aligned(context, descriptor, image))
+        return _stored(context, self._restore_detected(context, descriptor, image))
+
+    def _restore_one(self, descriptor: Any, face: Image.Image) -> Image.Image:
+        from .core.faces import blend_fidelity
+        from .core.restoration import restore_face
+
+        return blend_fidelity(restore_face(descriptor, face), face, self.fidelity)
+
+    def _restore_aligned(self, context, descriptor: Any, image: Image.Image) -> Image.Image:
+        context.progress(0, 1, "restoring the aligned face")
+        restored = self._restore_one(descriptor, image)
+        if restored.size != image.size:  # give back what came in: same size, mode kept
+            restored = restored.resize(image.size, Image.Resampling.LANCZOS)
+        return restored if image.mode == "RGB" else restored.convert(image.mode)
+
+    def _restore_detected(self, context, descriptor: Any, image: Image.Image) -> Image.Image:
+        from .core.face_detection import DetectorMissingError, detector_path, load_detector
+        from .core.faces import align_face, paste_face
+
+        try:
+            detector = load_detector(detector_path(context.settings.models_dir, self.detector), descriptor.device)
+        except (DetectorMissingError, ValueError) as exc:  # missing or unusable weights: the message says which
+            raise NodeInputError("detector", str(exc)) from None
+        faces = detector.detect(image)
+        if self.max_faces:
+            faces = faces[: self.max_faces]
+        if not faces:
+            context.progress(1, 1, "no face found: image unchanged")
+            return image
+        result = image
+        for number, face in enumerate(faces, 1):
+            context.progress(number - 1, len(faces), f"face {number}/{len(faces)}")
+            crop, matrix = align_face(image, face)
+            result = paste_face(result, self._restore_one(descriptor, crop), matrix)
+        context.progress(len(faces), len(faces), "faces restored")
+        return result

@@ -1,0 +1,456 @@
+"""The model manager: finds the user's model files, gives each a stable id, loads them with an
+LRU cache in RAM and on the GPU.
+
+Importing this module does not import torch: scanning reads safetensors headers and JSON
+configs only (a .ckpt/.pth is read with torch, lazily); loading code lives in
+nodes/core/model_loading.py and is imported when a model is loaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Settings
+
+MODEL_KINDS = ("main", "vae", "upscaler", "face_restore")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+SIDECAR_SUFFIX = ".config"  # "<file stem>.config/": a diffusers config folder for a non-standard single file
+# Files that sit beside models and are not models themselves: never reported.
+_IGNORED_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".md", ".png", ".jpg", ".jpeg", ".webp", ".html"})
+_COMPILE_MODES = ("off", "reduce-overhead", "max-autotune-no-cudagraphs", "default")
+GB = 1024**3
+
+
+class ModelNotFoundError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "model not found"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    name: str
+    kind: str  # main | vae | upscaler | face_restore
+    base: str | None  # sd1 | sd2 | sdxl for main models; None where it does not apply
+    format: str  # diffusers | safetensors | ckpt | pth
+    path: str
+    size_bytes: int
+    variant: str = "normal"  # "inpaint" for 9-channel inpainting UNets
+    architecture: str | None = None  # for upscalers / face restorers, as spandrel names it
+    config_path: str | None = None  # diffusers config folder used for a single file (sidecar), if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UnrecognizedFile:
+    path: str
+    reason: str
+
+
+class ModelManager(ABC):
+    """What nodes and apps need from a model manager."""
+
+    @abstractmethod
+    def list(self, kind: str | None = None) -> list[ModelInfo]: ...
+
+    @abstractmethod
+    def get(self, model_id: str) -> ModelInfo:
+        """Raises ModelNotFoundError with the known ids of that kind."""
+
+    @abstractmethod
+    def load(self, model_id: str) -> Any:
+        """The loaded model, on the execution device."""
+
+    @abstractmethod
+    def unrecognized(self) -> list[UnrecognizedFile]: ...
+
+    @abstractmethod
+    def rescan(self) -> None: ...
+
+    @contextlib.contextmanager
+    def use(self, *model_ids: str) -> Iterator[list[Any]]:
+        """Load several models and keep them loaded (not evicted) while the block runs."""
+        yield [self.load(model_id) for model_id in model_ids]
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
+
+
+def _dir_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@dataclass
+class _Found:
+    """A recognised model before it gets its id."""
+
+    root: Path
+    path: Path
+    kind: str
+    base: str | None
+    format: str
+    size_bytes: int
+    variant: str = "normal"
+    architecture: str | None = None
+    config_path: Path | None = None
+
+
+def _probe_diffusers_folder(folder: Path) -> _Found:
+    index = json.loads((folder / "model_index.json").read_text("utf-8"))
+    unet_config = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
+    pipeline = str(index.get("_class_name", ""))
+    context_dim = unet_config.get("cross_attention_dim")
+    from nodes.core.checkpoints import BASE_BY_CONTEXT_DIM  # torch-free
+
+    if "XL" in pipeline:
+        base = "sdxl"
+    elif context_dim in BASE_BY_CONTEXT_DIM:
+        base = BASE_BY_CONTEXT_DIM[context_dim]
+    else:  # a small custom model: SD 1.x uses OpenAI CLIP (quick_gelu), SD 2.x OpenCLIP (gelu)
+        text_config = json.loads((folder / "text_encoder" / "config.json").read_text("utf-8"))
+        base = "sd1" if text_config.get("hidden_act") == "quick_gelu" else "sd2"
+    if base == "sdxl" and "Refiner" in pipeline:
+        raise ValueError("an SDXL refiner pipeline, which is not supported")
+    variant = "inpaint" if unet_config.get("in_channels") == 9 else "normal"
+    return _Found(folder.parent, folder, "main", base, "diffusers", _dir_size(folder), variant)
+
+
+def _probe_file(path: Path) -> _Found:
+    from nodes.core.checkpoints import classify_sd_checkpoint, read_shapes
+
+    fmt = "safetensors" if path.suffix.lower() == ".safetensors" else ("ckpt" if path.suffix.lower() == ".ckpt" else "pth")
+    shapes = read_shapes(path)
+    info = classify_sd_checkpoint(shapes)
+    size = path.stat().st_size
+    if info is not None:
+        sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
+        return _Found(path.parent, path, info.kind, info.base, fmt, size, info.variant,
+                      config_path=sidecar if sidecar.is_dir() else None)
+    try:
+        from nodes.core.restoration import probe_restoration_file
+    except ImportError as exc:
+        raise ValueError(f"not a Stable Diffusion checkpoint or VAE, and restoration models cannot be read here ({exc})") from None
+    try:
+        kind, architecture = probe_restoration_file(path)
+    except ValueError as exc:
+        raise ValueError(f"not a Stable Diffusion checkpoint or VAE, nor an upscaler/face restorer: {exc}") from None
+    return _Found(path.parent, path, kind, None, fmt, size, architecture=architecture)
+
+
+class _ProbeCache:
+    """Probe results keyed by (path, mtime, size), so a rescan only reads new or changed files."""
+
+    def __init__(self) -> None:
+        self._results: dict[Path, tuple[tuple[int, int], _Found | str]] = {}
+
+    def probe(self, path: Path, stamp_path: Path, probe: Any) -> _Found | str:
+        stat = stamp_path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._results.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            result: _Found | str = probe(path)
+        except Exception as exc:  # every failure becomes the reason shown to the user
+            result = str(exc) or type(exc).__name__
+        self._results[path] = (stamp, result)
+        return result
+
+
+def _probe_component_folder(folder: Path) -> _Found:
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    class_name = config.get("_class_name")
+    if class_name != "AutoencoderKL":
+        raise ValueError(f"a diffusers {class_name or 'component'} folder; only whole pipelines and VAEs are supported")
+    return _Found(folder.parent, folder, "vae", None, "diffusers", _dir_size(folder))
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, str]]:
+    """(path, form) of candidate models under root in a stable order; form: pipeline | component | file."""
+    for current, dirs, files in os.walk(root):
+        here = Path(current)
+        dirs.sort()
+        if "model_index.json" in files:
+            dirs.clear()
+            yield here, "pipeline"
+            continue
+        if "config.json" in files and any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+            dirs.clear()  # a diffusers component folder (e.g. a VAE): config + weights are one model
+            yield here, "component"
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not d.endswith(SIDECAR_SUFFIX)]
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield here / name, "file"
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+
+
+@dataclass
+class _Entry:
+    model: Any
+    size_bytes: int
+    on_gpu: bool = False
+    pins: int = 0
+
+
+@dataclass
+class CacheStats:
+    ram_bytes: int = 0
+    vram_bytes: int = 0
+    ids_in_ram: list[str] = field(default_factory=list)
+    ids_on_gpu: list[str] = field(default_factory=list)
+
+
+class ModelCache:
+    """Loaded models in LRU order with byte budgets for RAM (models on the CPU) and VRAM.
+
+    Over the VRAM budget the least recently used unpinned model moves back to RAM; over the RAM
+    budget the least recently used unpinned model on the CPU is dropped.
+    """
+
+    def __init__(self, ram_budget: int, vram_budget: int, move: Any) -> None:
+        self.ram_budget = ram_budget
+        self.vram_budget = vram_budget
+        self._move = move  # move(model, to_gpu: bool) -> model
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def get(self, key: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, model: Any, size_bytes: int) -> _Entry:
+        entry = _Entry(model, size_bytes)
+        self._entries[key] = entry
+        self._trim_ram(keep=key)
+        return entry
+
+    def to_gpu(self, key: str) -> None:
+        entry = self._entries[key]
+        if entry.on_gpu:
+            return
+        self._trim_vram(room_for=entry.size_bytes, keep=key)
+        entry.model = self._move(entry.model, True)
+        entry.on_gpu = True
+
+    def stats(self) -> CacheStats:
+        stats = CacheStats()
+        for key, entry in self._entries.items():
+            if entry.on_gpu:
+                stats.vram_bytes += entry.size_bytes
+                stats.ids_on_gpu.append(key)
+            else:
+                stats.ram_bytes += entry.size_bytes
+                stats.ids_in_ram.append(key)
+        return stats
+
+    def _trim_vram(self, room_for: int, keep: str) -> None:
+        for key, entry in list(self._entries.items()):
+            if self.stats().vram_bytes + room_for <= self.vram_budget:
+                break
+            if entry.on_gpu and entry.pins == 0 and key != keep:
+                entry.model = self._move(entry.model, False)
+                entry.on_gpu = False
+        self._trim_ram(keep=keep)
+
+    def _trim_ram(self, keep: str) -> None:
+        for key, entry in list(self._entries.items()):
+            if self.stats().ram_bytes <= self.ram_budget:
+                break
+            if not entry.on_gpu and entry.pins == 0 and key != keep:
+                del self._entries[key]
+
+
+# --------------------------------------------------------------------------------------------
+# The local manager
+
+
+class LocalModelManager(ModelManager):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._probes = _ProbeCache()
+        self._models: dict[str, ModelInfo] | None = None
+        self._unrecognized: list[UnrecognizedFile] = []
+        self._cache: ModelCache | None = None
+        self._device: str | None = None
+
+    # --- settings-derived choices ----------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        """The execution device: settings.device, with "auto" meaning CUDA where there is one."""
+        if self._device is None:
+            wanted = str(self.settings.device or "auto")
+            if wanted == "auto":
+                import torch
+
+                wanted = "cuda" if torch.cuda.is_available() else "cpu"
+            self._device = wanted
+        return self._device
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def compile_mode(self) -> str:
+        """torch.compile mode for the UNet on CUDA: settings.compile or $INVOKE_NODES_COMPILE ("off" by default)."""
+        mode = os.environ.get("INVOKE_NODES_COMPILE") or str(getattr(self.settings, "compile", "off") or "off")
+        if mode not in _COMPILE_MODES:
+            raise ValueError(f"unknown compile mode '{mode}' (use one of: {', '.join(_COMPILE_MODES)})")
+        return mode
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.settings.data_dir) / "cache"
+
+    # --- scanning ----------------------------------------------------------------------------
+
+    def roots(self) -> list[Path]:
+        roots = [Path(self.settings.models_dir), *(Path(p) for p in self.settings.extra_model_dirs)]
+        return [r.expanduser() for r in roots if r.expanduser().is_dir()]
+
+    def rescan(self) -> None:
+        found: list[_Found] = []
+        unrecognized: list[UnrecognizedFile] = []
+        for root in self.roots():
+            for path, form in _walk(root):
+                if form == "pipeline":
+                    result = self._probes.probe(path, path / "model_index.json", _probe_diffusers_folder)
+                elif form == "component":
+                    result = self._probes.probe(path, path / "config.json", _probe_component_folder)
+                elif path.suffix.lower() in WEIGHT_SUFFIXES:
+                    result = self._probes.probe(path, path, _probe_file)
+                elif path.suffix.lower() in _IGNORED_SUFFIXES:
+                    continue
+                else:
+                    result = (f"not a model file: use .safetensors (or .ckpt/.pth), or a diffusers folder "
+                              f"with model_index.json (got '{path.suffix or path.name}')")
+                if isinstance(result, str):
+                    unrecognized.append(UnrecognizedFile(str(path), result))
+                else:
+                    result.root = root
+                    found.append(result)
+        with self._lock:
+            self._models = self._assign_ids(found)
+            self._unrecognized = unrecognized
+
+    @staticmethod
+    def _assign_ids(found: list[_Found]) -> dict[str, ModelInfo]:
+        models: dict[str, ModelInfo] = {}
+        for item in found:
+            relative = item.path.relative_to(item.root)
+            stem = relative if item.format == "diffusers" else relative.with_suffix("")
+            model_id = base_id = slug(str(stem))
+            if model_id in models:
+                model_id = base_id = f"{base_id}-{item.format}"
+            n = 2
+            while model_id in models:
+                model_id, n = f"{base_id}-{n}", n + 1
+            models[model_id] = ModelInfo(
+                id=model_id, name=stem.name, kind=item.kind, base=item.base, format=item.format, path=str(item.path),
+                size_bytes=item.size_bytes, variant=item.variant, architecture=item.architecture,
+                config_path=str(item.config_path) if item.config_path else None)
+        return models
+
+    def _known(self) -> dict[str, ModelInfo]:
+        with self._lock:
+            if self._models is None:
+                self.rescan()
+            assert self._models is not None
+            return self._models
+
+    def list(self, kind: str | None = None) -> list[ModelInfo]:
+        if kind is not None and kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind '{kind}' (known: {', '.join(MODEL_KINDS)})")
+        return [m for m in self._known().values() if kind is None or m.kind == kind]
+
+    def unrecognized(self) -> list[UnrecognizedFile]:
+        self._known()
+        return list(self._unrecognized)
+
+    def get(self, model_id: str, kind: str | None = None) -> ModelInfo:
+        info = self._known().get(model_id)
+        if info is None:
+            self.rescan()  # the user may have added the file since the last scan
+            info = self._known().get(model_id)
+        if info is None or (kind is not None and info.kind != kind):
+            known = ", ".join(m.id for m in self.list(kind)) or "none"
+            what = f"{kind} model" if kind else "model"
+            raise ModelNotFoundError(f"no {what} with id '{model_id}' in {self._roots_text()} (known: {known})")
+        return info
+
+    def _roots_text(self) -> str:
+        return ", ".join(str(p) for p in [Path(self.settings.models_dir), *self.settings.extra_model_dirs])
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def _model_cache(self) -> ModelCache:
+        if self._cache is None:
+            from nodes.core.model_loading import move_model
+
+            device = self.device
+            self._cache = ModelCache(int(self.settings.ram_cache_gb * GB), int(self.settings.vram_cache_gb * GB),
+                                     lambda model, to_gpu: move_model(model, device if to_gpu else "cpu"))
+        return self._cache
+
+    def load(self, model_id: str) -> Any:
+        with self._lock:
+            return self._load(model_id).model
+
+    def _load(self, model_id: str) -> _Entry:
+        info = self.get(model_id)
+        cache = self._model_cache()
+        entry = cache.get(model_id)
+        if entry is None:
+            from nodes.core.model_loading import load_from_disk, model_bytes
+
+            model = load_from_disk(info, self.dtype_name, self.cache_dir)
+            entry = cache.put(model_id, model, model_bytes(model))
+        if self.on_gpu:
+            cache.to_gpu(model_id)
+        return entry
+
+    @property
+    def dtype_name(self) -> str:
+        """Weights are float16 on the GPU and float32 on the CPU (where half precision is slow)."""
+        return "float16" if self.on_gpu else "float32"
+
+    @contextlib.contextmanager
+    def use(self, *model_ids: str) -> Iterator[list[Any]]:
+        entries: list[_Entry] = []
+        try:
+            with self._lock:
+                for model_id in model_ids:
+                    entry = self._load(model_id)
+                    entry.pins += 1  # pinned: loading another model cannot evict it while in use
+                    entries.append(entry)
+            yield [e.model for e in entries]
+        finally:
+            with self._lock:
+                for entry in entries:
+                    entry.pins -= 1
+
+    def cache_stats(self) -> CacheStats:
+        with self._lock:
+            return self._model_cache().stats() if self._cache is not None else CacheStats()

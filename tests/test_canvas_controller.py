@@ -1,0 +1,392 @@
+"""The canvas controller without a window: every gesture, through the real engine."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import ClassVar, Literal
+
+import pytest
+from PIL import Image
+
+from app.canvas.controller import IDLE, CanvasController, CanvasError, auto_layout
+from app.canvas.schema import TAG_COLOURS, WidgetSpec, coerce, pin_spec, tag_colour, widget_for
+from app.canvas.thumbs import THUMB, fit_rgba
+from nodes.base import REGISTRY, BaseInvocation, InputField
+from nodes.discovery import load_builtin_nodes
+from nodes.outputs import IntOutput
+from services.graph import Link
+
+load_builtin_nodes()  # the schema tests read node classes before any invoker exists
+
+
+@pytest.fixture
+def ctl(invoker):
+    controller = CanvasController(invoker)
+    yield controller
+    controller.close()
+
+
+def pump_until(ctl: CanvasController, done, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ctl.pump()
+        if done():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out; message={ctl.message!r} log={list(ctl.log)[-5:]}")
+
+
+def run_to_end(ctl: CanvasController) -> None:
+    assert ctl.run()
+    pump_until(ctl, lambda: not ctl.is_running)
+
+
+# --- schema: pins and widgets come from ports alone ------------------------------------------
+
+
+def test_widgets_follow_port_kinds():
+    resize = REGISTRY["resize"].inputs()
+    assert widget_for(resize["width"]) == WidgetSpec("int", min=1, max=16384)
+    assert widget_for(resize["resample"]).kind == "combo"
+    assert "lanczos" in widget_for(resize["resample"]).choices
+    assert widget_for(resize["image"]).kind == "none"  # images arrive by link only
+    assert widget_for(REGISTRY["noise_image"].inputs()["seed"]).kind == "seed"
+    assert widget_for(REGISTRY["load_image"].inputs()["path"]).kind == "path"
+    assert widget_for(REGISTRY["blend"].inputs()["alpha"]).kind == "float"
+    assert widget_for(REGISTRY["boolean"].inputs()["value"]).kind == "bool"
+    assert coerce(widget_for(resize["width"]), 12.0) == 12 and isinstance(coerce(widget_for(resize["width"]), 12.0), int)
+
+
+def test_pin_colours_by_type():
+    assert tag_colour("image") == TAG_COLOURS["image"]
+    assert tag_colour("list[int]") == TAG_COLOURS["int"]
+    assert tag_colour("plugin_tag") == tag_colour("plugin_tag") != TAG_COLOURS["any"]
+    spec = pin_spec(REGISTRY["collect"].inputs()["item"])
+    assert spec.is_list and "collects many links" in spec.description
+
+
+def test_every_registered_node_gets_pins(ctl):
+    """A node type needs no canvas code: every registered one is in the palette and builds."""
+    listed = {entry["type"] for group in ctl.palette().values() for entry in group}
+    assert listed == set(REGISTRY)
+    for node_type in sorted(REGISTRY):
+        node_id = ctl.add_node(node_type)
+        assert ctl.inputs(node_id) is not None and ctl.outputs(node_id)
+
+
+def test_palette_search_and_groups(ctl):
+    groups = ctl.palette("noise")
+    assert [e["type"] for e in groups["image"]] == ["noise_image"]
+    assert "primitives" in ctl.palette()
+    assert ctl.palette("no such node at all") == {}
+
+
+def test_thumbnail_is_letterboxed_square():
+    data = fit_rgba(Image.new("RGB", (40, 20), (255, 0, 0)), THUMB)
+    pixels = data.reshape(THUMB, THUMB, 4)
+    assert pixels.shape == (THUMB, THUMB, 4)
+    assert pixels[THUMB // 2, THUMB // 2].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert pixels[0, 0, 3] == 0.0  # outside the image: transparent
+
+
+# --- graph gestures --------------------------------------------------------------------------
+
+
+def test_add_node_at_position(ctl):
+    rev = ctl.revision
+    node_id = ctl.add_node("resize", (120, 40), {"width": 64})
+    assert ctl.graph.nodes[node_id].type == "resize"
+    assert ctl.position(node_id) == [120.0, 40.0]
+    assert ctl.value(node_id, "width") == 64 and ctl.value(node_id, "height") == 512
+    assert ctl.revision > rev and ctl.dirty
+    assert ctl.status[node_id].state == IDLE
+
+
+def test_add_unknown_type_or_bad_value_is_refused(ctl):
+    with pytest.raises(CanvasError, match="nope"):
+        ctl.add_node("nope")
+    with pytest.raises(CanvasError, match="width"):
+        ctl.add_node("resize", values={"width": 0})
+    assert ctl.message_is_error and not ctl.graph.nodes
+
+
+def test_link_accepted_and_marks_input_linked(ctl):
+    a, b = ctl.add_node("noise_image"), ctl.add_node("resize")
+    assert ctl.connect(a, "image", b, "image")
+    assert Link(a, "image", b, "image") in ctl.graph.links
+    assert ctl.linked_inputs(b) == {"image"}
+    assert ctl.session.parent_id is not None  # a fork
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("type", "cannot link image output"),
+    ("twice", "input already has a link"),
+    ("cycle", "cycle"),
+])
+def test_link_refused_with_reason(ctl, case, reason):
+    a, b = ctl.add_node("noise_image"), ctl.add_node("resize")
+    n = ctl.add_node("integer")
+    if case == "type":
+        ok = ctl.connect(a, "image", n, "value")
+    elif case == "twice":
+        assert ctl.connect(a, "image", b, "image")
+        ok = ctl.connect(ctl.add_node("solid_color"), "image", b, "image")
+    else:
+        assert ctl.connect(a, "image", b, "image")
+        assert ctl.connect(b, "width", n, "value")
+        ok = ctl.connect(n, "value", a, "width")
+    links_before = list(ctl.graph.links)
+    assert not ok
+    assert ctl.message_is_error and ctl.message.startswith("Link refused") and reason in ctl.message
+    assert ctl.graph.links == links_before
+
+
+def test_delete_node_removes_its_links_and_position(ctl):
+    a, b, c = ctl.add_node("noise_image"), ctl.add_node("resize"), ctl.add_node("show_image")
+    ctl.connect(a, "image", b, "image")
+    ctl.connect(b, "image", c, "image")
+    ctl.selection = {b}
+    assert ctl.delete([b])
+    assert b not in ctl.graph.nodes and not ctl.graph.links
+    assert b not in ctl.session.ui["positions"] and b not in ctl.status and not ctl.selection
+
+
+def test_delete_link_and_nodes_is_one_undo_step(ctl):
+    a, b, c = ctl.add_node("noise_image"), ctl.add_node("resize"), ctl.add_node("show_image")
+    ctl.connect(a, "image", b, "image")
+    ctl.connect(b, "image", c, "image")
+    assert ctl.delete([a], [Link(b, "image", c, "image")])
+    assert list(ctl.graph.nodes) == [b, c] and not ctl.graph.links
+    assert ctl.undo()
+    assert len(ctl.graph.links) == 2 and a in ctl.graph.nodes
+    assert not ctl.delete(["missing"])
+
+
+def test_value_edit_forks_and_bad_value_is_refused(ctl):
+    node_id = ctl.add_node("resize")
+    before = ctl.session
+    assert ctl.set_value(node_id, "width", 100)
+    assert ctl.value(node_id, "width") == 100 and ctl.session.parent_id == before.id
+    assert before.graph.nodes[node_id].values.get("width") is None  # the old session is untouched
+    assert not ctl.set_value(node_id, "width", 100)  # unchanged: no fork
+    assert not ctl.set_value(node_id, "width", -5)
+    assert ctl.message_is_error and "width" in ctl.message and ctl.value(node_id, "width") == 100
+
+
+def test_move_and_undo_redo_across_every_gesture(ctl):
+    a = ctl.add_node("noise_image", (0, 0))
+    b = ctl.add_node("resize", (300, 0))
+    ctl.connect(a, "image", b, "image")
+    assert ctl.move({b: (300, 200)})
+    assert not ctl.move({b: (300, 200)})  # no change, no undo step
+    ctl.set_value(b, "width", 64)
+    ctl.delete([a])
+    history = []
+    while ctl.undo_stack:
+        ctl.undo()
+        history.append((sorted(ctl.graph.nodes), len(ctl.graph.links), ctl.position(b) if b in ctl.graph.nodes else None,
+                        ctl.value(b, "width") if b in ctl.graph.nodes else None))
+    assert history == [
+        ([a, b], 1, [300.0, 200.0], 64),  # undo delete
+        ([a, b], 1, [300.0, 200.0], 512),  # undo value edit
+        ([a, b], 1, [300.0, 0.0], 512),  # undo move
+        ([a, b], 0, [300.0, 0.0], 512),  # undo link
+        ([a], 0, None, None),  # undo add b
+        ([], 0, None, None),  # undo add a
+    ]
+    assert not ctl.undo() and "Nothing to undo" in ctl.message
+    while ctl.redo_stack:
+        ctl.redo()
+    assert sorted(ctl.graph.nodes) == [b] and ctl.position(b) == [300.0, 200.0] and ctl.value(b, "width") == 64
+
+
+def test_new_edit_clears_redo(ctl):
+    ctl.add_node("integer")
+    ctl.undo()
+    assert ctl.redo_stack
+    ctl.add_node("float")
+    assert not ctl.redo_stack
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def test_run_demo_reports_states_and_thumbnail(ctl):
+    ctl.new_demo()
+    assert not ctl.dirty and set(ctl.graph.nodes) == {"size", "noise", "color", "blend", "show"}
+    run_to_end(ctl)
+    assert {s.state for s in ctl.status.values()} == {"completed"}
+    assert ctl.status["show"].image_name and ctl.status["show"].thumb is not None
+    assert len(ctl.status["show"].thumb) == THUMB * THUMB * 4
+    assert "show" in ctl.take_changed() and not ctl.take_changed()
+    assert any("session completed" in line for line in ctl.log)
+    assert "torch" not in sys.modules
+
+
+def test_only_changed_nodes_rerun(ctl):
+    ctl.new_demo()
+    run_to_end(ctl)
+    ctl.set_value("color", "color", "#ff0000")
+    assert ctl.status["noise"].state == IDLE  # a fork starts without results
+    run_to_end(ctl)
+    states = {n: s.state for n, s in ctl.status.items()}
+    assert states == {"size": "cached", "noise": "cached", "color": "completed", "blend": "completed", "show": "completed"}
+
+
+def test_failed_node_shows_error(ctl):
+    node_id = ctl.add_node("resize")  # its image input is not linked
+    run_to_end(ctl)
+    assert ctl.status[node_id].state == "failed"
+    assert "image" in ctl.status[node_id].error and "image" in ctl.last_error
+    assert ctl.message_is_error and "1 node(s) failed" in ctl.message
+
+
+def test_progress_events_update_one_node(ctl, invoker):
+    """Progress from the invoker thread lands in the node's status; thumbnails from previews."""
+    ctl.new_demo()
+    ctl.running_id = ctl.session.id
+    from services.events import NODE_PROGRESS, Event
+
+    for step in range(1, 6):
+        invoker.services.events.emit(Event(NODE_PROGRESS, ctl.session.id, "blend",
+                                           {"step": step, "total": 5, "preview": Image.new("RGB", (8, 8), "white")}))
+    ctl.take_changed()
+    assert ctl.pump() == 5
+    assert ctl.take_changed() == {"blend"}
+    status = ctl.status["blend"]
+    assert (status.state, status.step, status.total, status.fraction) == ("running", 5, 5, 1.0)
+    assert status.thumb is not None
+
+
+def test_seed_randomize_picks_new_seed_per_run(ctl):
+    ctl.new_demo()
+    ctl.set_randomize("noise", "seed", True)
+    assert ctl.randomized("noise", "seed")
+    seeds = set()
+    for _ in range(3):
+        run_to_end(ctl)
+        seeds.add(ctl.value("noise", "seed"))
+    assert len(seeds) == 3
+    ctl.set_randomize("noise", "seed", False)
+    run_to_end(ctl)
+    assert ctl.value("noise", "seed") in seeds
+
+
+def test_cancel_stops_a_run(ctl, invoker):
+    class SlowInvocation(BaseInvocation):
+        """Counts slowly (a stand-in for a denoise loop)."""
+
+        type: Literal["test_canvas_slow"] = "test_canvas_slow"
+        category: ClassVar[str] = "test"
+        cacheable: ClassVar[bool] = False
+        steps: int = InputField(200)
+
+        def invoke(self, context) -> IntOutput:
+            for step in range(self.steps):
+                context.progress(step + 1, self.steps)
+                time.sleep(0.02)
+            return IntOutput(value=self.steps)
+
+    try:
+        node_id = ctl.add_node("test_canvas_slow")
+        assert ctl.run()
+        assert not ctl.run() and "Already running" in ctl.message
+        pump_until(ctl, lambda: ctl.status[node_id].step >= 2)
+        assert ctl.running_node == node_id and ctl.status[node_id].state == "running"
+        assert ctl.cancel()
+        pump_until(ctl, lambda: not ctl.is_running)
+        assert ctl.message == "Canceled" and ctl.status[node_id].state == "canceled"
+        assert not ctl.cancel()
+    finally:
+        REGISTRY.pop("test_canvas_slow", None)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def test_save_open_round_trip_keeps_positions(ctl, tmp_path):
+    ctl.new_demo()
+    ctl.move({"show": (999, 111)})
+    ctl.set_value("blend", "alpha", 0.25)
+    assert not ctl.save()  # no path yet: the view asks for one
+    path = tmp_path / "graph.json"
+    assert ctl.save(path) and not ctl.dirty and ctl.path == path
+    graph, positions = ctl.graph.to_dict(), dict(ctl.session.ui["positions"])
+    ctl.new_demo()
+    assert ctl.open(path)
+    assert ctl.graph.to_dict() == graph and ctl.session.ui["positions"] == positions
+    assert ctl.position("show") == [999.0, 111.0] and not ctl.undo_stack and not ctl.dirty
+    assert ctl.settings.recent_files[0] == str(path.resolve())
+
+
+def test_open_restores_result_thumbnails(ctl, tmp_path):
+    ctl.new_demo()
+    run_to_end(ctl)
+    ctl.save(tmp_path / "ran.json")
+    ctl.new_demo()
+    assert ctl.status["show"].image_name is None
+    assert ctl.open(tmp_path / "ran.json")
+    assert ctl.status["show"].state == "completed" and ctl.status["show"].thumb is not None
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"{not json", "not valid JSON"),
+    (json.dumps({"format": "invoke-nodes/session", "schema_version": 99}).encode(), "newer"),
+    (json.dumps({"format": "invoke-nodes/session", "schema_version": 1,
+                 "graph": {"nodes": [{"id": "1", "type": "no_such_node"}]}}).encode(), "no_such_node"),
+    (b"\x89PNG\r\n\x1a\nbroken", "not an image"),
+])
+def test_bad_file_keeps_current_graph(ctl, tmp_path, content, reason):
+    ctl.new_demo()
+    ctl.set_value("blend", "alpha", 0.1)
+    before, session = ctl.graph.to_dict(), ctl.session
+    path = tmp_path / ("bad.png" if content.startswith(b"\x89PNG") else "bad.json")
+    path.write_bytes(content)
+    assert not ctl.open(path)
+    assert ctl.session is session and ctl.graph.to_dict() == before and ctl.dirty
+    assert ctl.message_is_error and str(path) in ctl.message and reason in ctl.message
+
+
+def test_load_graph_from_png_made_by_the_app(ctl, invoker):
+    ctl.new_demo()
+    run_to_end(ctl)
+    png = invoker.services.images.path(ctl.status["show"].image_name)
+    ctl.add_node("integer")
+    assert ctl.open(png)
+    assert set(ctl.graph.nodes) == {"size", "noise", "color", "blend", "show"}
+    assert ctl.path is None  # Ctrl+S must not write JSON over the PNG
+    positions = ctl.session.ui["positions"]
+    assert positions["size"][0] < positions["noise"][0] < positions["blend"][0] < positions["show"][0]
+
+
+def test_auto_layout_columns_follow_links(ctl):
+    ctl.new_demo()
+    layout = auto_layout(ctl.graph, ctl.graph.order)
+    assert layout["size"][0] < layout["noise"][0] == layout["color"][0] < layout["blend"][0]
+    assert layout["noise"][1] != layout["color"][1]
+
+
+def test_settings_persist(ctl, tmp_path):
+    ctl.update_settings(models_dir=str(tmp_path / "models"), theme="light")
+    from services.config import Settings
+
+    saved = Settings.load()
+    assert saved.models_dir == tmp_path / "models" and saved.theme == "light"
+
+
+def test_model_choices_without_a_manager_are_empty(ctl):
+    class Broken:
+        def list(self, kind=None):
+            raise RuntimeError("no models folder")
+
+    ctl.services._models = Broken()
+    assert ctl.model_choices("main") == []
+    ctl._models.clear()
+
+    class Manager:
+        def list(self, kind=None):
+            return [{"id": "b"}, "a", type("Rec", (), {"id": "c"})()]
+
+    ctl.services._models = Manager()
+    assert ctl.model_choices("main") == ["a", "b", "c"]
