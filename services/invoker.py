@@ -12,6 +12,7 @@ from .container import Services
 from .events import SESSION_CANCELED, Event
 from .execution import SessionRun
 from .graph import Graph
+from .lru import LRU
 from .queue import Job
 from .session import DONE_STATES, Session
 from .sessions import SessionNotFoundError
@@ -32,7 +33,10 @@ class Invoker:
     def __init__(self, services: Services, *, start: bool = True) -> None:
         self.services = services
         self.plugin_errors = load_all_nodes(services)
-        self._live: dict[str, Session] = {}
+        # Sessions with queued or running jobs must stay the very objects the worker writes into;
+        # the rest are only the recently used ones (the session store keeps everything on disk).
+        self._running: dict[str, Session] = {}
+        self._recent: LRU[str, Session] = LRU(256)
         self._cancel: dict[str, threading.Event] = {}
         self._pending: dict[str, int] = {}
         self._cond = threading.Condition()
@@ -49,16 +53,16 @@ class Invoker:
 
     def add_session(self, session: Session) -> Session:
         """Keep (and store) a session made elsewhere: a fork, a clone, a loaded file."""
-        self._live[session.id] = session
+        self._recent.put(session.id, session)
         self._warm_cache(session)
         self.services.sessions.save(session)
         return session
 
     def get_session(self, session_id: str) -> Session:
-        session = self._live.get(session_id)
+        session = self._running.get(session_id) or self._recent.get(session_id)
         if session is None:
             session = self.services.sessions.get(session_id)
-            self._live[session_id] = session
+            self._recent.put(session_id, session)
             self._warm_cache(session)
         return session
 
@@ -67,7 +71,8 @@ class Invoker:
 
     def delete_session(self, session_id: str) -> None:
         """Forget a session and delete its file (cancel and wait for a running one first)."""
-        live = self._live.pop(session_id, None)
+        live = self._recent.get(session_id) or self._running.get(session_id)
+        self._recent.pop(session_id)
         with self._cond:
             self._cancel.pop(session_id, None)
         try:
@@ -88,8 +93,8 @@ class Invoker:
     def invoke(self, session: Session | str, run_all: bool = True) -> Session:
         """Queue a run of every ready node (run_all) or of the next one; returns at once."""
         session = self.get_session(session) if isinstance(session, str) else session
-        self._live.setdefault(session.id, session)
         with self._cond:
+            self._running[session.id] = session
             event = self._cancel.get(session.id)
             if event is None or event.is_set():
                 self._cancel[session.id] = threading.Event()
@@ -99,7 +104,6 @@ class Invoker:
 
     def run(self, session: Session, run_all: bool = True) -> bool:
         """Run on the calling thread (headless tools and benchmarks); False when canceled."""
-        self._live.setdefault(session.id, session)
         with self._cond:
             cancel = self._cancel.setdefault(session.id, threading.Event())
             if cancel.is_set():
@@ -119,6 +123,7 @@ class Invoker:
                 self._pending[session_id] -= dropped
                 running = self._pending[session_id] > 0
                 if not running:
+                    self._running.pop(session_id, None)
                     self._cond.notify_all()
             else:
                 running = True
@@ -168,5 +173,12 @@ class Invoker:
                 log.exception("invoker job on session %s failed", job.session_id)
             finally:
                 with self._cond:
-                    self._pending[job.session_id] = max(0, self._pending.get(job.session_id, 1) - 1)
+                    left = self._pending.get(job.session_id, 1) - 1
+                    if left > 0:
+                        self._pending[job.session_id] = left
+                    else:
+                        self._pending.pop(job.session_id, None)
+                        finished = self._running.pop(job.session_id, None)
+                        if finished is not None:
+                            self._recent.put(job.session_id, finished)
                     self._cond.notify_all()
