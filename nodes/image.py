@@ -78,8 +78,6 @@ class SaveImageInvocation(BaseInvocation):
     filename: str = InputField("", description="File name (empty: image-<n>.png, never overwriting)")
 
     def invoke(self, context) -> ImageOutput:
-        from services.fsutil import atomic_write_bytes  # noqa: PLC0415 - a file helper, no service
-
         folder = Path(self.folder).expanduser() if self.folder else Path(context.settings.outputs_dir) / "saved"
         folder.mkdir(parents=True, exist_ok=True)
         name = self.filename or _free_name(folder)
@@ -87,8 +85,7 @@ class SaveImageInvocation(BaseInvocation):
             name += ".png"
         if "/" in name or "\\" in name:
             raise NodeInputError("filename", "a file name, not a path (put folders in 'folder')")
-        source = context.images.path(self.image)
-        atomic_write_bytes(folder / name, Path(source).read_bytes())
+        context.images.export(self.image, folder / name)
         image = context.images.get(self.image)
         return ImageOutput.of(self.image, image)
 

@@ -31,6 +31,9 @@ class NodeImages:
     def path(self, ref: ImageField | str) -> Any:
         return self._store.path(ref)
 
+    def export(self, ref: ImageField | str, destination: Any) -> None:
+        self._store.export(ref, destination)
+
 
 class NodeContext:
     def __init__(self, services: Services, session: Session, node_id: str, cancel: threading.Event,

@@ -51,6 +51,13 @@ class ImageStore(ABC):
     def metadata(self, name: str | ImageField) -> dict[str, Any] | None:
         return read_embedded(self.path(name))
 
+    def export(self, name: str | ImageField, destination: str | Path) -> None:
+        """Write a copy of a stored PNG (embedded graph included) to a user's file, atomically."""
+        path = self.path(name)
+        if not path.is_file():
+            raise ImageNotFoundError(_name(name))
+        atomic_write_bytes(destination, path.read_bytes())
+
     def thumbnail(self, name: str | ImageField, size: int = 256) -> Image.Image:
         image = self.get(name).copy()
         image.thumbnail((size, size))
