@@ -56,19 +56,41 @@ def _load(text):
     return session
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plausible_sessions())
 def test_plausible_but_damaged_sessions(doc):
     _load(json.dumps(doc))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(json_values)
 def test_arbitrary_json(doc):
     _load(json.dumps(doc))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes(data):
     _load(data)
+
+
+link_refs = st.one_of(st.integers(-4, -1), st.sampled_from(["1", "2", "3", "x"]))
+link_fields = st.sampled_from(["*", "value", "image", "collection", "item", "width", "a", "b", "nope"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(node_types, st.dictionaries(fields, json_values, max_size=2),
+                          st.lists(st.tuples(link_refs, link_fields, link_fields), max_size=2)), max_size=6))
+def test_appending_random_nodes_keeps_the_graph_valid(steps):
+    from services.graph import Graph
+
+    graph = Graph()
+    for node_type, values, links in steps:
+        before = graph.to_dict()
+        try:
+            graph.add_node({"type": node_type, **{k: v for k, v in values.items() if k not in ("id", "version")}}, links, strict=False)
+        except GraphError:
+            assert graph.to_dict() == before, "a refused node changes nothing"
+    position = {node_id: i for i, node_id in enumerate(graph.order)}
+    assert all(position[l.from_node] < position[l.to_node] for l in graph.links), "links run from earlier nodes"
+    assert Graph.from_dict(graph.to_dict()).to_dict() == graph.to_dict()
