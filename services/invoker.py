@@ -82,11 +82,15 @@ class Invoker:
                 raise
 
     def _warm_cache(self, session: Session) -> None:
-        """Results saved with a session seed the output cache, so reopening it costs nothing."""
-        for node_id, rows in session.results.items():
-            keyed = [r for r in rows if r.state in DONE_STATES and r.cache_key]
-            if keyed and len({r.cache_key for r in keyed}) == 1 and len(keyed) == len(rows):
-                self.services.cache.put(keyed[0].cache_key, [r.outputs for r in keyed])
+        """Results saved with a session seed the output cache, so reopening it costs nothing.
+        Rows sharing a cache key are one execution (a fan-out node's items)."""
+        for rows in session.results.values():
+            by_key: dict[str, list[dict[str, Any]]] = {}
+            for row in rows:
+                if row.state in DONE_STATES and row.cache_key and row.outputs is not None:
+                    by_key.setdefault(row.cache_key, []).append(row.outputs)
+            for key, outputs in by_key.items():
+                self.services.cache.put(key, outputs)
 
     # --- running -----------------------------------------------------------------------------
 

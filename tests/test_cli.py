@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -86,7 +87,8 @@ def test_help_lists_commands_by_category_and_session_commands(shell):
 def test_help_cmd_and_cmd_dash_help_print_the_same(shell):
     shell.execute("help crop")
     first = out(shell)
-    shell.out.truncate(0), shell.out.seek(0)
+    shell.out.seek(0)
+    shell.out.truncate()
     assert shell.execute("noise_image | crop --help") == OK
     assert out(shell) == first and "--x INT" in first
     assert len(shell.session.graph) == 0  # --help adds nothing
@@ -149,6 +151,8 @@ def test_a_quoted_pipe_is_a_value(shell):
     ('string --value "open', "error: cannot read the line: No closing quotation"),
     ("history | new", "error: history: session commands cannot be piped"),
     ("save", "error: save: usage: save FILE"),
+    ("integer --id 1", "error: integer --id: a node '1' already exists"),
+    ("integer --id=-1", "error: integer --id: give a name or a positive number (negative numbers are history links)"),
 ])
 def test_bad_input_is_one_line_and_leaves_the_session_as_it_was(shell, line, message):
     assert shell.execute("solid_color --width 2 --height 2") == OK  # the session already has a node
@@ -161,9 +165,8 @@ def test_bad_input_is_one_line_and_leaves_the_session_as_it_was(shell, line, mes
 def test_a_failing_node_returns_node_failed_and_names_the_node(shell, tmp_path):
     missing = tmp_path / "in.png"
     assert shell.execute(f"load_image --path {missing} | scale --factor 2") == NODE_FAILED
-    printed = out(shell)
-    assert f"[1] load_image failed: field 'path': no such file: {missing}" in printed
-    assert "[2] scale skipped: input node '1' (load_image) failed" in printed
+    assert err_lines(shell) == [f"[1] load_image failed: field 'path': no such file: {missing}",
+                                "[2] scale skipped: input node '1' (load_image) failed"]
     # fix the cause and `run` again: the failed node and the one it blocked run now
     Image.new("RGB", (6, 4), (0, 0, 255)).save(missing)
     assert shell.execute("run") == OK
@@ -222,8 +225,8 @@ def test_completion_of_commands_options_and_values(shell, tmp_path):
     assert "history" in shell.completions("h", "h") and "history" not in shell.completions("integer | h", "h")
     assert shell.completions("noise_image | res", "res") == ["resize"]
     assert shell.completions("resize --w", "--w") == ["--width"]
-    assert shell.completions("resize --width 3 --", "--") == ["--image", "--height", "--resample", "--no-link",
-                                                               "--id", "--help", "--link"]
+    assert shell.completions("resize --width 3 --", "--") == ["--image", "--height", "--resample", "--link",
+                                                               "--no-link", "--id", "--help"]
     assert shell.completions("resize --resample b", "b") == ["bilinear", "bicubic"]
     assert shell.completions("resize --resample=bi", "--resample=bi") == ["--resample=bilinear", "--resample=bicubic"]
     assert shell.completions("boolean --value ", "") == ["true", "false"]
@@ -231,3 +234,23 @@ def test_completion_of_commands_options_and_values(shell, tmp_path):
     assert shell.completions(f"load {tmp_path}/gr", f"{tmp_path}/gr") == [f"{tmp_path}/graph.json"]
     assert shell.completions(f"load_image --path {tmp_path}/g", f"{tmp_path}/g") == [f"{tmp_path}/graph.json"]
     assert shell.completions("nope --", "--") == []
+
+
+def test_model_options_complete_with_ids_the_model_manager_gives_only_when_asked(shell):
+    with_model = [(t, n, p) for t, cls in sorted(REGISTRY.items()) for n, p in cls.inputs().items() if p.kind == "model"]
+    if not with_model:
+        pytest.skip("no node with a model input is installed")
+    node_type, field, port = with_model[0]
+    asked = []
+
+    class Models:
+        def list(self, kind=None):
+            asked.append(kind)
+            return [SimpleNamespace(id="b-model"), SimpleNamespace(id="a-model"), SimpleNamespace(id="other")]
+
+    shell.services.model_manager_factory = lambda settings: Models()
+    assert shell.execute(f"help {node_type}") == OK and f"--{field} MODEL" in out(shell)
+    assert asked == []  # help and the option list never touch the models folder
+    assert shell.completions(f"{node_type} --{field} ", "") == ["a-model", "b-model", "other"]
+    assert shell.completions(f"{node_type} --{field} a", "a") == ["a-model"]
+    assert asked == [port.model_kind, port.model_kind]

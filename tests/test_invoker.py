@@ -250,3 +250,22 @@ def test_sessions_are_stored_and_read_back_with_results(invoker, services):
     assert fresh.to_dict() == session.to_dict()
     name = fresh.results["1"][0].outputs["image"]["image_name"]
     assert Image.open(services.images.path(name)).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_reopened_fan_out_session_is_served_from_the_cache(invoker, services):
+    session = invoker.create_session()
+    session.add_node({"type": "range", "stop": 3})
+    session.add_node({"type": "iterate"}, [(-1, "collection", "collection")])
+    session.add_node({"type": "test_counting", "tag": "per_item"}, [(-1, "item", "value")])
+    invoker.invoke(session)
+    invoker.wait(session.id, 10)
+    assert RUNS["per_item"] == 3
+    services.cache.clear()
+    from services.session import Session
+
+    reopened = invoker.add_session(Session.from_json(session.to_json()).clone())
+    rerun = invoker.add_session(reopened.set_value("1", "start", 0))
+    invoker.invoke(rerun)
+    invoker.wait(rerun.id, 10)
+    assert RUNS["per_item"] == 3, "every item came from the warmed cache"
+    assert [r.outputs["value"] for r in rerun.results["3"]] == [1, 2, 3]

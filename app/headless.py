@@ -1,0 +1,109 @@
+"""`invoke-nodes run FILE [--set NODE.FIELD=VALUE ...] [--out DIR]`: run a saved session or the
+graph embedded in a PNG made by invoke-nodes, without a prompt, and write the result images.
+
+Exit codes: 0 every node finished; 1 a node failed (the node and the reason go to stderr);
+2 the file or an argument could not be used.  Progress and node lines go to stderr, the paths
+of the written images to stdout (one per line, for scripts).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from services.container import Services
+from services.invoker import Invoker
+from services.session import DONE_STATES, Session
+from services.sessions import SessionFileError, read_session_file
+
+from .cli import set_field
+from .cli_progress import RunReporter, image_paths
+from .cli_schema import CommandError
+
+OK, NODE_FAILED, BAD_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invoke-nodes run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", help="a session .json saved by invoke-nodes, or a PNG it made")
+    parser.add_argument("--set", action="append", default=[], metavar="NODE.FIELD=VALUE",
+                        help="change an input value before running (repeatable)")
+    parser.add_argument("--out", metavar="DIR", default="outputs",
+                        help="folder the result images are copied into (default: ./outputs)")
+    parser.add_argument("--all", action="store_true",
+                        help="copy every node's images, not only those of the last nodes of each branch")
+    return parser
+
+
+def prepare(path: str, assignments: list[str]) -> tuple[Session, Session]:
+    """(the session as read, the session to run: its graph with the --set values and no results)."""
+    loaded = read_session_file(path)
+    session = loaded
+    for assignment in assignments:
+        session = set_field(session, assignment, "--set")
+    # always run afresh: results saved in the file are reused through the output cache when
+    # their images still exist (Invoker.add_session warms it), and recomputed otherwise
+    fresh = Session(session.graph.copy(), parent_id=loaded.id, change="headless run")
+    return loaded, fresh
+
+
+def result_nodes(session: Session, everything: bool) -> list[str]:
+    """Nodes whose images are the results: the ends of the graph (no outgoing links)."""
+    graph = session.graph
+    return [n for n in graph.order if everything or not graph.links_out[n]]
+
+
+def copy_images(services: Services, session: Session, nodes: list[str], out: Path) -> list[Path]:
+    """Copy the nodes' images as NODE-TYPE.png, numbered NODE-TYPE-K.png where a node has several."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for node_id in nodes:
+        node = session.graph.nodes[node_id]
+        rows = [r for r in session.results.get(node_id, ()) if r.state in DONE_STATES and r.outputs]
+        sources = [path for row in rows for path in image_paths(services, session, node_id, row.outputs)]
+        for number, source in enumerate(sources):
+            target = out / (f"{node_id}-{node.type}-{number}.png" if len(sources) > 1 else f"{node_id}-{node.type}.png")
+            shutil.copyfile(source, target)
+            written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    invoker = Invoker(Services.local(), start=False)  # runs on this thread: no worker needed
+    for problem in invoker.plugin_errors:
+        print(f"warning: {problem}", file=sys.stderr)
+    try:
+        loaded, session = prepare(args.file, args.set)
+    except (SessionFileError, CommandError) as exc:
+        print(f"invoke-nodes run: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    invoker.add_session(loaded)
+    invoker.add_session(session)
+    reporter = RunReporter(invoker.services, session, sys.stderr, sys.stderr, open_viewer=False)
+    token = invoker.services.events.subscribe(reporter, session.id)
+    try:
+        finished = invoker.run(session)
+    except KeyboardInterrupt:
+        print("invoke-nodes run: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        invoker.services.events.unsubscribe(token)
+        reporter.close()
+    if not finished:
+        print("invoke-nodes run: canceled", file=sys.stderr)
+        return NODE_FAILED
+    failed = [f for f in reporter.failures if f.state != "skipped"] or reporter.failures
+    if failed:
+        for failure in failed:
+            print(f"invoke-nodes run: node '{failure.node_id}' ({failure.node_type}) {failure.state}: {failure.reason}", file=sys.stderr)
+        return NODE_FAILED
+    try:
+        written = copy_images(invoker.services, session, result_nodes(session, args.all), Path(args.out))
+    except OSError as exc:
+        print(f"invoke-nodes run: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return BAD_INPUT
+    for path in written:
+        print(path)
+    return OK
