@@ -2,7 +2,8 @@
 RestoreFormer).  Models load through the model manager (spandrel); torch loads only when they run."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import contextlib
+from typing import Any, ClassVar, Iterator, Literal
 
 from PIL import Image
 
@@ -13,8 +14,10 @@ UPSCALER = "upscaler"  # model kinds, as nodes.core.restoration names them (not 
 FACE_RESTORE = "face_restore"
 
 
-def _load_model(context: Any, model_id: str, kind: str) -> Any:
-    """The loaded spandrel descriptor for `model_id`, checked to be of `kind` before loading."""
+@contextlib.contextmanager
+def _using_model(context: Any, model_id: str, kind: str) -> Iterator[Any]:
+    """The loaded spandrel descriptor for `model_id`, checked to be of `kind` before loading, and
+    kept loaded (not evicted by another load) while the block runs."""
     if not model_id:
         raise NodeInputError("model", f"choose a {kind.replace('_', ' ')} model")
     try:
@@ -23,10 +26,12 @@ def _load_model(context: Any, model_id: str, kind: str) -> Any:
         raise NodeInputError("model", str(exc.args[0]) if exc.args else f"no model '{model_id}'") from None
     if info.kind != kind:
         raise NodeInputError("model", f"'{model_id}' is a {info.kind} model, not a {kind} model")
-    try:
-        return context.models.load(model_id)
-    except ValueError as exc:  # the file is there but cannot be used: the reason names it
-        raise NodeInputError("model", str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            (descriptor,) = stack.enter_context(context.models.use(model_id))
+        except ValueError as exc:  # the file is there but cannot be used: the reason names it
+            raise NodeInputError("model", str(exc)) from None
+        yield descriptor
 
 
 def _stored(context: Any, image: Image.Image) -> ImageOutput:
@@ -43,7 +48,7 @@ class UpscaleInvocation(BaseInvocation):
     category: ClassVar[str] = "restoration"
     tags: ClassVar[tuple[str, ...]] = ("upscale", "esrgan", "super resolution")
     image: ImageField = InputField(description="Image to upscale")
-    model: str = InputField("", description="Upscaler model (Real-ESRGAN, ESRGAN, SwinIR, HAT, ...)",
+    model: str = InputField(description="Upscaler model (Real-ESRGAN, ESRGAN, SwinIR, HAT, ...)",
                             kind="model", model_kind=UPSCALER)
     scale: float = InputField(0.0, ge=0, le=16, description="Output size factor; 0 keeps the model's own factor")
     tile_size: int = InputField(512, ge=32, le=8192, description="Tile size in input pixels (smaller uses less memory)")
@@ -52,16 +57,16 @@ class UpscaleInvocation(BaseInvocation):
     def invoke(self, context) -> ImageOutput:
         from .core.restoration import upscale_image
 
-        if self.tile_overlap * 2 >= self.tile_size:
-            raise NodeInputError("tile_overlap", f"must be less than half the tile size ({self.tile_size})")
+        if self.tile_overlap * 2 > self.tile_size:
+            raise NodeInputError("tile_overlap", f"must be at most half the tile size ({self.tile_size})")
         image = context.images.get(self.image)
-        descriptor = _load_model(context, self.model, UPSCALER)
-        context.raise_if_canceled()
 
         def on_tile(done: int, total: int) -> None:
             context.progress(done, total, f"tile {done}/{total}")
 
-        result = upscale_image(descriptor, image, self.tile_size, self.tile_overlap, on_tile)
+        with _using_model(context, self.model, UPSCALER) as descriptor:
+            context.raise_if_canceled()
+            result = upscale_image(descriptor, image, self.tile_size, self.tile_overlap, on_tile)
         if self.scale and self.scale != descriptor.scale:
             size = (max(1, round(image.width * self.scale)), max(1, round(image.height * self.scale)))
             result = result.resize(size, Image.Resampling.LANCZOS)
@@ -78,7 +83,7 @@ class FaceRestoreInvocation(BaseInvocation):
     category: ClassVar[str] = "restoration"
     tags: ClassVar[tuple[str, ...]] = ("face", "gfpgan", "restoreformer")
     image: ImageField = InputField(description="Image with faces, or one aligned face")
-    model: str = InputField("", description="Face restoration model (GFPGAN, RestoreFormer)",
+    model: str = InputField(description="Face restoration model (GFPGAN, RestoreFormer)",
                             kind="model", model_kind=FACE_RESTORE)
     fidelity: float = InputField(0.0, ge=0, le=1, description="0: fully restored faces; 1: the original faces")
     aligned: bool = InputField(False, description="The image is one aligned face crop: restore it whole, no detector")
@@ -88,10 +93,21 @@ class FaceRestoreInvocation(BaseInvocation):
 
     def invoke(self, context) -> ImageOutput:
         image = context.images.get(self.image)
-        descriptor = _load_model(context, self.model, FACE_RESTORE)
-        if self.aligned:
-            return _stored(context, self._restore_aligned(context, descriptor, image))
-        return _stored(context, self._restore_detected(context, descriptor, image))
+        detector = None if self.aligned else self._detector_file(context)  # before a costly model load
+        with _using_model(context, self.model, FACE_RESTORE) as descriptor:
+            if detector is None:
+                result = self._restore_aligned(context, descriptor, image)
+            else:
+                result = self._restore_detected(context, descriptor, detector, image)
+        return _stored(context, result)
+
+    def _detector_file(self, context) -> Any:
+        from .core.face_detection import DetectorMissingError, find_detector
+
+        try:
+            return find_detector(context.settings.models_dir, self.detector)
+        except DetectorMissingError as exc:  # the message names the file and where it goes
+            raise NodeInputError("detector", str(exc)) from None
 
     def _restore_one(self, descriptor: Any, face: Image.Image) -> Image.Image:
         from .core.faces import blend_fidelity
@@ -106,13 +122,13 @@ class FaceRestoreInvocation(BaseInvocation):
             restored = restored.resize(image.size, Image.Resampling.LANCZOS)
         return restored if image.mode == "RGB" else restored.convert(image.mode)
 
-    def _restore_detected(self, context, descriptor: Any, image: Image.Image) -> Image.Image:
-        from .core.face_detection import DetectorMissingError, detector_path, load_detector
+    def _restore_detected(self, context, descriptor: Any, detector_file: Any, image: Image.Image) -> Image.Image:
+        from .core.face_detection import load_detector
         from .core.faces import align_face, paste_face
 
         try:
-            detector = load_detector(detector_path(context.settings.models_dir, self.detector), descriptor.device)
-        except (DetectorMissingError, ValueError) as exc:  # missing or unusable weights: the message says which
+            detector = load_detector(detector_file, descriptor.device)
+        except ValueError as exc:  # a file that is not RetinaFace weights: the message says why
             raise NodeInputError("detector", str(exc)) from None
         faces = detector.detect(image)
         if self.max_faces:

@@ -30,6 +30,8 @@ MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
 VARIANCE = (0.1, 0.2)
 BGR_MEAN = (104.0, 117.0, 123.0)  # trained on cv2 images: BGR, 0..255, mean-subtracted
+SCORE_THRESHOLD = 0.97  # GFPGAN's FaceRestoreHelper setting
+MIN_EYE_DISTANCE = 5.0  # pixels
 
 
 class DetectorMissingError(FileNotFoundError):
@@ -38,6 +40,17 @@ class DetectorMissingError(FileNotFoundError):
 
 def detector_path(models_dir: str | Path, name: str = "retinaface_resnet50") -> Path:
     return Path(models_dir) / DETECTOR_DIR / DETECTOR_FILES[name]
+
+
+def find_detector(models_dir: str | Path, name: str = "retinaface_resnet50") -> Path:
+    """The detector's weight file; DetectorMissingError says where to put it when it is not there."""
+    path = detector_path(models_dir, name)
+    if not path.is_file():
+        raise DetectorMissingError(
+            f"face detector weights not found: {path}. Put facexlib's {path.name} there "
+            f"(from {DETECTOR_SOURCE}), or set aligned=true for an already aligned face"
+        )
+    return path
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, relu: bool = True) -> nn.Sequential:
@@ -124,7 +137,7 @@ def priors(height: int, width: int) -> torch.Tensor:
 
 
 def decode(boxes: torch.Tensor, scores: torch.Tensor, landmarks: torch.Tensor, height: int, width: int,
-           threshold: float = 0.8, nms_iou: float = 0.4) -> list[Face]:
+           threshold: float = SCORE_THRESHOLD, nms_iou: float = 0.4) -> list[Face]:
     """Faces from one image's head outputs (N, 4), (N, 2), (N, 10), as facexlib decodes them."""
     from torchvision.ops import nms
 
@@ -147,41 +160,47 @@ class RetinaFaceDetector:
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
         path = Path(path)
-        if not path.is_file():
-            raise DetectorMissingError(
-                f"face detector weights not found: {path}. Put facexlib's {path.name} there "
-                f"(from {DETECTOR_SOURCE}), or set aligned=true for an already aligned face"
-            )
         state_dict = read_state_dict(path, lazy=False)  # weights_only; strips facexlib's "module."
         self.device = torch.device(device)
-        self.network = RetinaFace()
+        with torch.device("meta"):
+            self.network = RetinaFace()  # no random initialisation: every tensor comes from the file
         try:
-            self.network.load_state_dict(state_dict)
+            self.network.load_state_dict(state_dict, assign=True)
         except RuntimeError as exc:
             raise ValueError(f"{path.name}: not a RetinaFace-ResNet50 weight file ({str(exc).splitlines()[0]})") from None
         self.network.to(self.device).eval()
 
-    def detect(self, image: Image.Image, threshold: float = 0.8) -> list[Face]:
+    def detect(self, image: Image.Image, threshold: float = SCORE_THRESHOLD) -> list[Face]:
         bgr = np.asarray(image.convert("RGB"), dtype=np.float32)[:, :, ::-1] - np.array(BGR_MEAN, dtype=np.float32)
         tensor = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1).unsqueeze(0).to(self.device)
         with torch.inference_mode():
             boxes, scores, landmarks = self.network(tensor)
-        return decode(boxes[0].float().cpu(), scores[0].float().cpu(), landmarks[0].float().cpu(),
-                      image.height, image.width, threshold)
+        faces = decode(boxes[0].float().cpu(), scores[0].float().cpu(), landmarks[0].float().cpu(),
+                       image.height, image.width, threshold)
+        # eyes closer than a few pixels: too small a face to restore (GFPGAN skips them too)
+        return [f for f in faces if np.linalg.norm(f.landmarks[0] - f.landmarks[1]) >= MIN_EYE_DISTANCE]
 
 
-def write_random_detector(path: str | Path) -> Path:
+def write_random_detector(path: str | Path, seed: int = 0) -> Path:
     """A random-weight RetinaFace file in facexlib's layout whose class heads find no face anywhere
     (random heads would report faces at random places)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        network = RetinaFace()
-    for head in network.ClassHead:
-        nn.init.zeros_(head.conv1x1.weight)
-        head.conv1x1.bias.data = torch.tensor([0.0, -10.0]).repeat(2)
+    with torch.device("meta"):
+        network = RetinaFace()  # skips torchvision's slow ResNet-50 initialisation
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {}
+    for name, tensor in network.state_dict().items():
+        if name.endswith("running_var") or (name.endswith(".weight") and tensor.dim() == 1):
+            state_dict[name] = torch.ones(tensor.shape)  # batch norm: unit scale and variance
+        elif tensor.is_floating_point():
+            state_dict[name] = torch.randn(tensor.shape, generator=generator) * 0.01
+        else:
+            state_dict[name] = torch.zeros(tensor.shape, dtype=tensor.dtype)  # num_batches_tracked
+    for level in range(3):
+        state_dict[f"ClassHead.{level}.conv1x1.weight"].zero_()
+        state_dict[f"ClassHead.{level}.conv1x1.bias"] = torch.tensor([0.0, -10.0]).repeat(2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), path)
+    torch.save(state_dict, path)
     return path
 
 
@@ -192,8 +211,7 @@ _cache_lock = threading.Lock()
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RetinaFaceDetector:
     """The detector for `path`, kept loaded (one at a time) while the file is unchanged."""
     path = Path(path)
-    stamp = path.stat().st_mtime_ns if path.is_file() else 0
-    key = (str(path), stamp, str(device))
+    key = (str(path), path.stat().st_mtime_ns, str(device))
     with _cache_lock:
         detector = _cache.get(key)
         if detector is None:

@@ -7,15 +7,18 @@ in with a mask whose edges are eroded and blurred so that no crop border shows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from .restoration import FACE_SIZE
 
 # Five landmarks of an FFHQ-aligned 512x512 face (facexlib's template, used by GFPGAN).
 FFHQ_TEMPLATE = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
                           [201.26117, 371.41043], [313.08905, 371.15118]], dtype=np.float64)
+CROP_FILL = (135, 133, 132)  # what GFPGAN's helper puts where a crop reaches past the image edge
+MASK_INSET = 26  # crop pixels (~5%) the paste mask keeps off the crop's edge, as GFPGAN's paste-back does
 
 
 @dataclass(frozen=True)
@@ -46,29 +49,34 @@ def _invert(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.inv(full)[:2]
 
 
-def _warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int]) -> Image.Image:
+def _warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill: Any = 0) -> Image.Image:
     """Apply the forward 2x3 `matrix` (source -> destination pixels) to produce a `size` image."""
     inverse = _invert(matrix)  # PIL maps each destination pixel back to its source
-    return image.transform(size, Image.Transform.AFFINE, tuple(inverse.ravel()), resample=Image.Resampling.BICUBIC)
+    return image.transform(size, Image.Transform.AFFINE, tuple(inverse.ravel()), resample=Image.Resampling.BICUBIC,
+                           fillcolor=fill)
 
 
 def align_face(image: Image.Image, face: Face) -> tuple[Image.Image, np.ndarray]:
     """The face as a 512x512 FFHQ crop, and the image -> crop transform."""
     matrix = similarity_transform(np.asarray(face.landmarks, dtype=np.float64), FFHQ_TEMPLATE)
-    return _warp(image.convert("RGB"), matrix, (FACE_SIZE, FACE_SIZE)), matrix
+    return _warp(image.convert("RGB"), matrix, (FACE_SIZE, FACE_SIZE), CROP_FILL), matrix
+
+
+def _blend_mask() -> Image.Image:
+    """The crop's paste mask: inset, then blurred less than the inset, so it fades to zero inside
+    the crop (the warped crop has no pixels outside it).  Built in crop space: the inverse warp
+    scales it to the face's size, where eroding and blurring a large image would be slow."""
+    mask = Image.new("L", (FACE_SIZE, FACE_SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((MASK_INSET, MASK_INSET, FACE_SIZE - 1 - MASK_INSET, FACE_SIZE - 1 - MASK_INSET), 255)
+    return mask.filter(ImageFilter.GaussianBlur(MASK_INSET / 3))
 
 
 def paste_face(image: Image.Image, restored: Image.Image, matrix: np.ndarray) -> Image.Image:
     """Blend a restored 512 crop back into the image through the inverse of its alignment."""
     back = _invert(matrix)
     warped = _warp(restored.convert("RGB"), back, image.size)
-    mask = _warp(Image.new("L", (FACE_SIZE, FACE_SIZE), 255), back, image.size)
-    scale = float(np.sqrt(abs(np.linalg.det(back[:, :2]))))  # crop pixel -> image pixels
-    erode = max(1, int(round(2 * scale))) * 2 + 1  # drop the resampled border of the warped square
-    feather = max(1.0, 10 * scale)  # soft edge in proportion to the face's size
-    mask = mask.filter(ImageFilter.MinFilter(erode)).filter(ImageFilter.GaussianBlur(feather))
-    base = image.convert("RGB")
-    result = Image.composite(warped, base, mask)
+    mask = _warp(_blend_mask(), back, image.size)
+    result = Image.composite(warped, image.convert("RGB"), mask)
     if image.mode != "RGB":
         result = result.convert(image.mode) if image.mode != "RGBA" else _keep_alpha(result, image)
     return result

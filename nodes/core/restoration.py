@@ -10,6 +10,7 @@ The tiny builders write random-weight models in the original projects' key layou
 """
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ SAFETENSORS_SUFFIX = ".safetensors"
 # Reading files
 
 
-def read_state_dict(path: Path, *, lazy: bool) -> dict[str, Any]:
+def read_state_dict(path: str | Path, *, lazy: bool) -> dict[str, Any]:
     """The file's tensors, never executing pickled code.  lazy: memory-map (for probing)."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import load_file
@@ -65,22 +67,30 @@ def _torch_load(path: Path, *, lazy: bool) -> Any:
             # files in the pre-zip format cannot be memory-mapped; read them whole
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch wraps both cases in the same boilerplate; the line naming a GLOBAL tells code apart
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        code = next((line for line in lines if "GLOBAL" in line), None)
+        if code is None:
+            detail = next((line for line in lines if "rror" in line and "Weights only" not in line), lines[-1])
+            raise ValueError(f"{path.name}: not a readable PyTorch file ({detail})") from None
         raise ValueError(
             f"{path.name}: refused, the file needs pickled code to load and only plain tensors are read "
-            f"(nothing in it was run). Use a .safetensors version of this model. Detail: {_first_line(exc)}"
+            f"(nothing in it was run). Use a .safetensors version of this model. Detail: {code}"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise ValueError(f"{path.name}: not a readable PyTorch file ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
-    """The gist of an error: its first line, or two where the first is only a heading ("...:")."""
+    """The gist of an error: its first line (two where the first is a heading), at most 300 characters."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return text if len(text) <= 300 else text[:297] + "..."  # load_state_dict lists every key
 
 
+@functools.lru_cache(maxsize=1)
 def _registry() -> Any:
     """spandrel's architectures, plus the non-commercial extras when the user installed them."""
     from spandrel import MAIN_REGISTRY
@@ -199,6 +209,10 @@ def upscale_image(descriptor: Any, image: Image.Image, tile: int, overlap: int,
 
     alpha = image.getchannel("A") if "A" in image.getbands() else None
     grey = image.mode in ("L", "LA", "I", "I;16", "F")
+    from spandrel import ModelTiling
+
+    if descriptor.tiling == ModelTiling.INTERNAL:  # it tiles itself, or needs the whole picture
+        tile, overlap = max(image.size), 0
     tensor = image_to_tensor(image, descriptor.input_channels, descriptor.device, descriptor.dtype)
     with torch.inference_mode():
         output = run_tiled(descriptor, tensor, descriptor.scale, tile, overlap, on_tile)
@@ -221,8 +235,9 @@ def restore_face(descriptor: Any, face: Image.Image) -> Image.Image:
     tensor = image_to_tensor(face, 3, descriptor.device, descriptor.dtype)
     with torch.inference_mode():
         if descriptor.architecture.id == "GFPGAN":
-            # spandrel hands GFPGAN raw [-1, 1] tensors, as the original GFPGANer wrapper did; the
-            # stored noise (randomize_noise=False) keeps results reproducible
+            # GFPGAN works in [-1, 1] (as the original GFPGANer feeds it); spandrel's call neither
+            # converts nor keeps negative outputs.  The stored noise (randomize_noise=False) makes
+            # results reproducible.
             output = descriptor.model(tensor * 2 - 1, return_rgb=False, randomize_noise=False)[0]
             output = (output + 1) / 2
         else:
