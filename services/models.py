@@ -64,8 +64,8 @@ class ModelManager(ABC):
     def list(self, kind: str | None = None) -> list[ModelInfo]: ...
 
     @abstractmethod
-    def get(self, model_id: str) -> ModelInfo:
-        """Raises ModelNotFoundError with the known ids of that kind."""
+    def get(self, model_id: str, kind: str | None = None) -> ModelInfo:
+        """Raises ModelNotFoundError (naming the known ids) for an unknown id or one of another kind."""
 
     @abstractmethod
     def load(self, model_id: str) -> Any:
@@ -124,8 +124,8 @@ def _probe_diffusers_folder(folder: Path) -> _Found:
     else:  # a small custom model: SD 1.x uses OpenAI CLIP (quick_gelu), SD 2.x OpenCLIP (gelu)
         text_config = json.loads((folder / "text_encoder" / "config.json").read_text("utf-8"))
         base = "sd1" if text_config.get("hidden_act") == "quick_gelu" else "sd2"
-    if base == "sdxl" and "Refiner" in pipeline:
-        raise ValueError("an SDXL refiner pipeline, which is not supported")
+    if base == "sdxl" and not (index.get("text_encoder") or [None])[0]:
+        raise ValueError("an SDXL refiner (it has no first text encoder), which is not supported")
     variant = "inpaint" if unet_config.get("in_channels") == 9 else "normal"
     return _Found(folder.parent, folder, "main", base, "diffusers", _dir_size(folder), variant)
 
@@ -425,7 +425,7 @@ class LocalModelManager(ModelManager):
         if entry is None:
             from nodes.core.model_loading import load_from_disk, model_bytes
 
-            model = load_from_disk(info, self.dtype_name, self.cache_dir)
+            model = load_from_disk(info, self.dtype_name, self.cache_dir, self.device)
             entry = cache.put(model_id, model, model_bytes(model))
         if self.on_gpu:
             cache.to_gpu(model_id)

@@ -65,7 +65,7 @@ def load_pickle_state_dict(path: Path, mmap: bool = True) -> dict[str, Any]:
 
 
 def unwrap_state_dict(data: Any) -> dict[str, Any]:
-    """Checkpoints often nest the tensors under 'state_dict' (or 'params' for restoration models)."""
+    """Checkpoints often nest the tensors under "state_dict"."""
     while isinstance(data, Mapping) and "state_dict" in data and isinstance(data["state_dict"], Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping):

@@ -108,6 +108,36 @@ def write_tiny_sd1_single_file(path: Path | str, seed: int = 0) -> Path:
     return path
 
 
+def write_tiny_sdxl_diffusers(folder: Path | str, seed: int = 20) -> Path:
+    """A diffusers SDXL pipeline folder: two text encoders (the second with a projection) and
+    a UNet with SDXL's size/crop conditioning, all tiny."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(folder)
+    text_encoder = tiny_text_encoder(seed)
+    _seeded(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder(seed + 1).config)
+    time_embed_dim = 8  # SDXL adds 6 size/crop numbers, each embedded this wide, to the pooled text
+    _seeded(seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * TINY_TEXT_WIDTH, attention_head_dim=8, norm_num_groups=32, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + TINY_TEXT_WIDTH)
+    tokenizers = []
+    for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        write_clip_tokenizer(folder / "staging" / name, pad_token=pad)
+        tokenizers.append(CLIPTokenizer.from_pretrained(folder / "staging" / name))
+    shutil.rmtree(folder / "staging")
+    scheduler = EulerDiscreteScheduler.from_pretrained(ASSETS / "sdxl" / "scheduler")
+    StableDiffusionXLPipeline(vae=tiny_vae(seed + 3), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                              tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], unet=unet,
+                              scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def write_tiny_vae_folder(folder: Path | str, seed: int = 10) -> Path:
     """A diffusers AutoencoderKL folder (config.json + weights)."""
     folder = Path(folder)

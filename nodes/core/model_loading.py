@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never let d
 
 import torch  # noqa: E402
 
-from .checkpoints import UnsafeCheckpointError  # noqa: E402
+from .checkpoints import load_pickle_state_dict  # noqa: E402
 from .model_configs import config_folder  # noqa: E402
 
 
@@ -31,22 +30,25 @@ def pipeline_class(base: str) -> type:
 
 
 def load_from_disk(info: Any, dtype_name: str, cache_dir: Path, device: str = "cpu") -> Any:
-    """Read one model (a ModelInfo) from disk: a diffusers pipeline, an AutoencoderKL or a spandrel descriptor."""
+    """Read one model (a ModelInfo) from disk: a diffusers pipeline, an AutoencoderKL or a spandrel descriptor.
+
+    Pipelines and VAEs are read onto the CPU (the cache moves them); restoration models go straight
+    to `device`, where their loader picks the precision the architecture supports there.
+    """
     dtype = getattr(torch, dtype_name)
     path = Path(info.path)
-    _quiet_libraries()
     if info.kind in ("upscaler", "face_restore"):
         from .restoration import load_restoration_model
 
         return load_restoration_model(path, device, dtype)
-    try:
-        if info.kind == "vae":
-            return _load_vae(info, path, dtype, cache_dir)
-        if info.kind == "main":
-            return _load_pipeline(info, path, dtype, cache_dir)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(f"{path.name} needs pickled code to load, which could run anything, so it is "
-                                    f"refused ({str(exc).splitlines()[0] if str(exc) else 'unsupported pickle'})") from None
+    _quiet_libraries()  # after the restoration branch: those models need no diffusers
+    if info.format in ("ckpt", "pth"):
+        # checked here with weights_only (memory-mapped, so cheap): diffusers would hide the reason
+        load_pickle_state_dict(path)
+    if info.kind == "vae":
+        return _load_vae(info, path, dtype, cache_dir)
+    if info.kind == "main":
+        return _load_pipeline(info, path, dtype, cache_dir)
     raise ValueError(f"model '{info.id}' has kind '{info.kind}', which cannot be loaded")
 
 

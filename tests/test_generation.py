@@ -1,0 +1,215 @@
+"""txt2img / img2img / inpaint nodes on tiny random-weight models written as real files."""
+from __future__ import annotations
+
+import threading
+from typing import get_args
+
+import numpy as np
+import pytest
+
+from services.config import Settings
+from services.container import Services
+from services.events import NODE_PROGRESS
+from services.invoker import Invoker
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; several threads on a busy machine spin for nothing."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory) -> Services:
+    """One set of services for the module, so each tiny model is read from disk once."""
+    from nodes.core import demo_models
+
+    root = tmp_path_factory.mktemp("gen")
+    models = root / "models"
+    demo_models.write_tiny_sd1_diffusers(models / "tiny-sd1")
+    demo_models.write_tiny_sd1_diffusers(models / "tiny-inpaint", seed=5, inpaint=True)
+    demo_models.write_tiny_sd1_single_file(models / "tiny-single.safetensors", seed=1)
+    demo_models.write_tiny_sd1_single_file(models / "tiny-ckpt.ckpt", seed=1)
+    demo_models.write_tiny_vae_folder(models / "tiny-vae")
+    demo_models.write_tiny_sdxl_diffusers(models / "tiny-sdxl")
+    settings = Settings(data_dir=root, config_dir=root / "config", models_dir=models, outputs_dir=root / "outputs",
+                        sessions_dir=root / "sessions", plugins_dir=root / "plugins", device="cpu")
+    return Services.local(settings)
+
+
+@pytest.fixture(scope="module")
+def invoker(services):
+    invoker = Invoker(services)
+    yield invoker
+    invoker.shutdown()
+
+
+def run(invoker, services, *nodes, timeout=120):
+    """Add nodes (each (data, links)) to a new session and run it; returns (session, progress events)."""
+    session = invoker.create_session()
+    progress = []
+    token = services.events.subscribe(lambda e: progress.append(e) if e.type == NODE_PROGRESS else None, session.id)
+    for data, links in nodes:
+        session.add_node(data, links)
+    invoker.invoke(session)
+    assert invoker.wait(session.id, timeout)
+    services.events.unsubscribe(token)
+    return session, progress
+
+
+def txt2img(**values):
+    return ({"type": "txt2img", "model": "tiny-sd1", "prompt": "a red cube", "steps": 3, "width": 64, "height": 64,
+             "seed": 1, **values}, [])
+
+
+def pixels(services, row) -> np.ndarray:
+    assert row.state == "completed", row.error
+    return np.asarray(services.images.get(row.outputs["image"]["image_name"]))
+
+
+def test_txt2img_makes_an_image_of_the_asked_size_with_a_preview_every_step(invoker, services):
+    session, progress = run(invoker, services, txt2img(width=64, height=96, steps=4))
+    image = pixels(services, session.results["1"][0])
+    assert image.shape == (96, 64, 3)
+    assert [e.data["step"] for e in progress] == [1, 2, 3, 4] and {e.data["total"] for e in progress} == {4}
+    assert all(e.data["preview"].size == (8, 12) for e in progress)  # latent-sized, no VAE decode
+    assert services.images.metadata(session.results["1"][0].outputs["image"]["image_name"]) is not None
+
+
+def test_same_seed_gives_identical_pixels_and_another_seed_does_not(invoker, services):
+    first, _ = run(invoker, services, txt2img(scheduler="euler_a"))
+    services.cache.clear()  # run the node again instead of reusing its cached output
+    second, _ = run(invoker, services, txt2img(scheduler="euler_a"))
+    other, _ = run(invoker, services, txt2img(scheduler="euler_a", seed=2))
+    a, b, c = (pixels(services, s.results["1"][0]) for s in (first, second, other))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_single_file_safetensors_and_ckpt_of_the_same_weights_draw_the_same(invoker, services):
+    session, _ = run(invoker, services, txt2img(model="tiny-single"), txt2img(model="tiny-ckpt"))
+    assert np.array_equal(pixels(services, session.results["1"][0]), pixels(services, session.results["2"][0]))
+
+
+def test_every_scheduler_runs_and_the_node_lists_exactly_the_known_ones(services):
+    from nodes.core.diffusion import SCHEDULERS, GenerationRequest, Generator
+    from nodes.generation import SchedulerName
+
+    assert set(get_args(SchedulerName)) == set(SCHEDULERS)
+    generator = Generator(services.models.load("tiny-sd1"), "sd1")
+    for name in SCHEDULERS:
+        request = GenerationRequest(prompt="x", steps=2, width=64, height=64, seed=3, scheduler=name)
+        (image,) = generator.run(request, lambda step, total, preview: None)
+        assert image.size == (64, 64), name
+
+
+def test_sdxl_model_is_detected_and_generates(invoker, services):
+    assert services.models.get("tiny-sdxl").base == "sdxl"
+    session, progress = run(invoker, services, txt2img(model="tiny-sdxl", negative_prompt="blurry", width=64, height=80))
+    assert pixels(services, session.results["1"][0]).shape == (80, 64, 3)
+    assert len(progress) == 3
+
+
+def test_vae_override_is_used(invoker, services):
+    session, _ = run(invoker, services, txt2img(), txt2img(vae="tiny-vae"))
+    assert not np.array_equal(pixels(services, session.results["1"][0]), pixels(services, session.results["2"][0]))
+
+
+def test_img2img_keeps_the_source_size(invoker, services):
+    session, progress = run(invoker, services,
+                            ({"type": "noise_image", "width": 80, "height": 64, "seed": 4}, []),
+                            ({"type": "img2img", "model": "tiny-sd1", "prompt": "x", "steps": 4, "strength": 0.5,
+                              "seed": 1}, [(-1, "image", "image")]))
+    assert pixels(services, session.results["2"][0]).shape == (64, 80, 3)
+    assert len(progress) == 2  # strength 0.5 of 4 steps
+
+
+def test_inpaint_keeps_the_unmasked_part_whatever_the_seed(invoker, services):
+    source = ({"type": "noise_image", "width": 64, "height": 64, "seed": 4}, [])
+    black = ({"type": "solid_color", "width": 64, "height": 64, "color": "black"}, [])
+    white = ({"type": "solid_color", "width": 64, "height": 64, "color": "white"}, [])
+
+    def inpaint(mask_node, seed, model="tiny-sd1"):
+        return ({"type": "inpaint", "model": model, "prompt": "x", "steps": 3, "seed": seed},
+                [("1", "image", "image"), (mask_node, "image", "mask")])
+
+    session, _ = run(invoker, services, source, black, white, inpaint("2", 1), inpaint("2", 2), inpaint("3", 1),
+                     inpaint("3", 2), inpaint("3", 1, model="tiny-inpaint"))
+    kept_1, kept_2, redrawn_1, redrawn_2, nine_channel = (pixels(services, session.results[str(n)][0]) for n in range(4, 9))
+    assert np.array_equal(kept_1, kept_2)  # black mask: the source's latents survive, noise does not matter
+    assert not np.array_equal(redrawn_1, redrawn_2)
+    assert nine_channel.shape == (64, 64, 3)
+
+
+def test_inpainting_model_is_refused_by_txt2img_naming_the_field(invoker, services):
+    session, _ = run(invoker, services, txt2img(model="tiny-inpaint"))
+    row = session.results["1"][0]
+    assert row.state == "failed" and "field 'model'" in row.error and "inpaint node" in row.error
+
+
+def test_unknown_model_or_vae_fails_naming_the_field_and_the_known_ids(invoker, services):
+    session, _ = run(invoker, services, txt2img(model="no-such-model"), txt2img(vae="tiny-sd1"))
+    model_error, vae_error = session.results["1"][0].error, session.results["2"][0].error
+    assert "field 'model'" in model_error and "no-such-model" in model_error and "tiny-sd1" in model_error
+    assert "field 'vae'" in vae_error and "tiny-vae" in vae_error
+
+
+def test_too_low_strength_fails_naming_the_field(invoker, services):
+    session, _ = run(invoker, services, ({"type": "solid_color", "width": 64, "height": 64}, []),
+                     ({"type": "img2img", "model": "tiny-sd1", "steps": 3, "strength": 0.1, "seed": 1},
+                      [(-1, "image", "image")]))
+    row = session.results["2"][0]
+    assert row.state == "failed" and "field 'strength'" in row.error
+
+
+def test_width_not_a_multiple_of_8_is_rejected_when_added(invoker):
+    session = invoker.create_session()
+    with pytest.raises(Exception, match="width"):
+        session.add_node({"type": "txt2img", "model": "tiny-sd1", "width": 100})
+
+
+def test_cancel_stops_within_one_denoising_step(invoker, services):
+    session = invoker.create_session()
+    steps_seen = []
+    canceled = threading.Event()
+
+    def on_event(event):
+        if event.type == NODE_PROGRESS:
+            steps_seen.append(event.data["step"])
+            if event.data["step"] == 2:
+                invoker.cancel(session.id)
+                canceled.set()
+
+    services.events.subscribe(on_event, session.id)
+    session.add_node(*txt2img(steps=50, seed=9))
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 120)
+    assert canceled.is_set()
+    assert session.results["1"][0].state == "canceled"
+    assert steps_seen == [1, 2]
+
+
+@pytest.mark.gpu
+def test_txt2img_on_the_gpu_in_half_precision(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from nodes.core import demo_models
+    from nodes.core.diffusion import GenerationRequest, Generator
+    from services.models import LocalModelManager
+
+    demo_models.write_tiny_sd1_diffusers(tmp_path / "models" / "tiny-sd1")
+    settings = Settings(data_dir=tmp_path, config_dir=tmp_path, models_dir=tmp_path / "models", outputs_dir=tmp_path,
+                        sessions_dir=tmp_path, plugins_dir=tmp_path, device="cuda")
+    pipe = LocalModelManager(settings).load("tiny-sd1")
+    request = GenerationRequest(prompt="x", steps=3, width=64, height=64, seed=1)
+    first = Generator(pipe, "sd1").run(request, lambda *a: None)[0]
+    again = Generator(pipe, "sd1").run(request, lambda *a: None)[0]
+    assert pipe.unet.dtype == torch.float16
+    assert np.array_equal(np.asarray(first), np.asarray(again))
