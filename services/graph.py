@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -156,7 +157,7 @@ class Graph:
         cls = node_class(data.get("type"), node_id)
         if node_id in self.nodes:
             raise GraphError("a node with this id already exists", node_id, cls.node_type)
-        if node_id.lstrip("-").isdigit() and int(node_id) < 0:
+        if (number := _as_int(node_id)) is not None and number < 0:
             raise GraphError("node ids may not be negative numbers (those are history links)", node_id, cls.node_type)
         values = self._validate_values(node_id, cls, data)
         resolved = self._resolve_links(node_id, cls, values, links)
@@ -176,8 +177,8 @@ class Graph:
         self.links_out[node_id] = []
         for link in resolved:
             self.links_out[link.from_node].append(link)
-        if node_id.isdigit():
-            self._next_id = max(self._next_id, int(node_id) + 1)
+        if (number := _as_int(node_id)) is not None and number >= 0:
+            self._next_id = max(self._next_id, number + 1)
         return node
 
     def _fresh_id(self) -> str:
@@ -230,8 +231,8 @@ class Graph:
 
     def _resolve_source(self, ref: str | int, node_id: str, cls: type[BaseInvocation]) -> str:
         text = str(ref)
-        if text.lstrip("-").isdigit() and int(text) < 0:
-            back = -int(text)
+        if (number := _as_int(text)) is not None and number < 0:
+            back = -number
             if back > len(self._order):
                 raise GraphError(f"history link {text} reaches before the first node", node_id, cls.node_type)
             return self._order[-back]
@@ -347,6 +348,15 @@ class Graph:
                     found.add(link.to_node)
                     stack.append(link.to_node)
         return found
+
+
+def _as_int(text: str) -> int | None:
+    """The integer an id spells in ASCII digits (at most 18), else None: str.isdigit() also takes
+    '¹' and int() refuses it, and int() refuses very long digit strings."""
+    return int(text) if _INT_ID.fullmatch(text) else None
+
+
+_INT_ID = re.compile(r"-?[0-9]{1,18}")
 
 
 def _jsonable(value: Any) -> Any:

@@ -133,7 +133,7 @@ class DiskImageStore(ImageStore):
     def exists(self, name: str) -> bool:
         try:
             return self.path(name).is_file()
-        except ImageNotFoundError:
+        except (ImageNotFoundError, OSError):  # OSError: a name too long for the file system
             return False
 
     def list(self, offset: int = 0, limit: int = 50) -> list[str]:

@@ -69,7 +69,7 @@ class DiskSessionStore(SessionStore):
     def exists(self, session_id: str) -> bool:
         try:
             return session_id in self._cache or self._path(session_id).is_file()
-        except SessionNotFoundError:
+        except (SessionNotFoundError, OSError):  # OSError: an id too long for the file system
             return False
 
     def list(self, offset: int = 0, limit: int = 50) -> list[str]:

@@ -135,3 +135,9 @@ def test_png_without_a_graph_is_refused_clearly(tmp_path):
 def test_schema_version_must_be_an_integer():
     with pytest.raises(SessionFormatError, match="schema_version must be an integer"):
         Session.from_dict({"format": "invoke-nodes/session", "schema_version": "1"})
+
+
+def test_stores_answer_no_for_impossible_names(services):
+    long_name = "a" * 5000
+    assert not services.images.exists(long_name) and not services.images.exists("../x.png")
+    assert not services.sessions.exists(long_name) and not services.sessions.exists("../x")

@@ -1,0 +1,104 @@
+"""The FastAPI app: routes, the event socket, the static test page and the OpenAPI schema."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.main import app_version
+from nodes.base import REGISTRY
+
+from . import catalog, images, sessions
+from .errors import ERROR_RESPONSES, install_error_handlers, json_body_is_storable
+from .events import EventHub
+from .events import __doc__ as EVENTS_DOC
+from .guard import Guard
+from .persist import WriteBehind
+from .schemas import Health, invocation_components, link_node_schemas
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MULTIPART_OVERHEAD = 64 * 1024
+
+DESCRIPTION = """The invoke-nodes engine over HTTP: build sessions from nodes, run them, fetch the images.
+
+Every node type is in the schemas below (`AnyInvocation`, discriminated on `type`); a node added
+to the engine or a plugin appears here by itself.  Errors are JSON: `{"error", "message", "node_id",
+"field", ...}`.
+
+## Live events: WebSocket `/api/v1/events`
+""" + "\n".join(line for line in (EVENTS_DOC or "").splitlines()[1:])
+
+
+def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozenset[str] | None = None,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
+    """The API over an existing invoker (nodes and plugins already loaded).
+
+    token: required on every request and socket when set.  allowed_hosts: Host header names that
+    are answered (None: any).
+    """
+    version = app_version()
+    writer = WriteBehind(invoker)
+    hub = EventHub(invoker.services.events, writer.get)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        hub.close()
+        writer.close()
+
+    app = FastAPI(title="invoke-nodes", version=version, description=DESCRIPTION, lifespan=lifespan,
+                  responses=ERROR_RESPONSES)  # type: ignore[arg-type]
+    app.state.invoker = invoker
+    app.state.events = hub
+    app.state.writer = writer
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts,
+                       max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
+    install_error_handlers(app)
+    for router in (sessions.router, images.router, catalog.router):
+        app.include_router(router, dependencies=[Depends(json_body_is_storable)])
+
+    @app.get("/api/v1/health", response_model=Health, tags=["server"], summary="Is the server up")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": version, "nodes": len(REGISTRY)}
+
+    @app.websocket("/api/v1/events")
+    async def events(websocket: WebSocket) -> None:
+        await hub.serve(websocket)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/static/test.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: the client gets JSON without internals (paths); the log gets the traceback.
+        logging.getLogger(__name__).exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "message": f"internal error ({type(exc).__name__}); see the server log"},
+                            status_code=500)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = link_node_schemas(get_openapi(title=app.title, version=app.version,
+                                                   description=app.description, routes=app.routes))
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, node_schema in invocation_components().items():
+                if name in components:
+                    raise RuntimeError(f"node schema {name!r} collides with an API model of the same name")
+                components[name] = node_schema
+            if token is not None:
+                schema["components"]["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer"}}
+                schema["security"] = [{"token": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

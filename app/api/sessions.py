@@ -1,0 +1,129 @@
+"""Session routes: create, list, get, append a node, fork with one change, invoke, cancel, delete.
+
+Handlers are plain functions (FastAPI runs them on its thread pool) because they touch disk.
+Every change goes through the engine, which validates before it changes anything, so a refused
+request leaves the session as it was.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request, status
+
+from services.graph import Link
+from services.session import Session
+from services.sessions import SessionNotFoundError
+
+from .errors import ApiError
+from .schemas import (AddLink, AppendNode, Canceled, DeleteLink, DeleteNode, Deleted, ForkChange, GraphModel,
+                      NodeAdded, Queued, SessionId, SessionModel, SessionPage, SessionSummary, SetValue)
+
+router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
+
+DELETE_WAIT_S = 5.0  # how long DELETE waits for a canceled run to stop before answering 409
+
+
+# async: FastAPI would run a plain function dependency on its thread pool, one hop per request each.
+async def get_invoker(request: Request) -> Any:
+    return request.app.state.invoker
+
+
+async def get_writer(request: Request) -> Any:
+    return request.app.state.writer
+
+
+def session_from_path(session_id: SessionId, request: Request) -> Session:
+    """The live session object, also when only the write-behind still holds its latest appends."""
+    return request.app.state.writer.get(session_id)
+
+
+def session_model(invoker: Any, session: Session) -> dict[str, Any]:
+    data = session.to_dict()
+    data["states"] = {node_id: session.node_state(node_id) for node_id in session.graph.order}
+    data["busy"] = invoker.is_busy(session.id)
+    return data
+
+
+@router.post("/", status_code=status.HTTP_201_CREATED, response_model=SessionModel,
+             summary="Create a session, empty or from a whole graph")
+def create_session(graph: GraphModel | None = Body(None), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    session = invoker.create_session(graph.model_dump() if graph is not None else None)
+    return session_model(invoker, session)
+
+
+@router.get("/", response_model=SessionPage, summary="List sessions, newest first")
+def list_sessions(request: Request, offset: int = Query(0, ge=0, le=1_000_000), limit: int = Query(50, ge=1, le=200),
+                  invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    store = invoker.services.sessions
+    ids = store.list(offset, limit + 1)  # one more than asked tells whether another page exists
+    items = []
+    for session_id in ids[:limit]:
+        try:
+            # The store, not the invoker: listing must not push the sessions in use out of its cache.
+            session = request.app.state.writer.pending(session_id) or store.get(session_id)
+        except (SessionNotFoundError, ValueError) as exc:  # deleted meanwhile, or a corrupt file
+            items.append({"id": session_id, "error": str(exc)})
+            continue
+        items.append({"id": session.id, "parent_id": session.parent_id, "change": session.change,
+                      "created": session.created, "nodes": len(session.graph)})
+    return {"items": [SessionSummary(**item) for item in items], "offset": offset, "limit": limit,
+            "has_more": len(ids) > limit}
+
+
+@router.get("/{session_id}", response_model=SessionModel, summary="Get a session: graph, results, history")
+def get_session(session: Session = Depends(session_from_path), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    return session_model(invoker, session)
+
+
+@router.post("/{session_id}/nodes", status_code=status.HTTP_201_CREATED, response_model=NodeAdded,
+             summary="Append a node with links into it (history links like -1 and `*` allowed)")
+def append_node(body: AppendNode, session: Session = Depends(session_from_path),
+                writer: Any = Depends(get_writer)) -> dict[str, Any]:
+    links = [link.model_dump(exclude_none=True) for link in body.links]
+    node = session.add_node(body.node, links)
+    writer.mark(session)
+    return {"session_id": session.id, "node": node.to_dict(),
+            "links": [link.to_dict() for link in session.graph.links_in[node.id]]}
+
+
+@router.post("/{session_id}/fork", status_code=status.HTTP_201_CREATED, response_model=SessionModel,
+             summary="A new session with one change (sessions themselves only grow)")
+def fork_session(change: ForkChange, session: Session = Depends(session_from_path),
+                 invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    if isinstance(change, SetValue):
+        forked = session.set_value(change.node_id, change.field, change.value)
+    elif isinstance(change, DeleteNode):
+        forked = session.delete_node(change.node_id)
+    elif isinstance(change, AddLink):
+        forked = session.add_link(Link(**change.link.model_dump()))
+    else:
+        assert isinstance(change, DeleteLink)
+        forked = session.delete_link(Link(**change.link.model_dump()))
+    return session_model(invoker, invoker.add_session(forked))
+
+
+@router.put("/{session_id}/invoke", status_code=status.HTTP_202_ACCEPTED, response_model=Queued,
+            summary="Queue a run: every ready node (all=true) or the next one; events follow on the socket")
+def invoke_session(all: bool = Query(True, description="Run every node, not only the next one"),
+                   session: Session = Depends(session_from_path), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    invoker.invoke(session, run_all=all)
+    return {"session_id": session.id, "run_all": all}
+
+
+@router.delete("/{session_id}/invoke", status_code=status.HTTP_202_ACCEPTED, response_model=Canceled,
+               summary="Cancel a session's queued and running work")
+def cancel_session(session: Session = Depends(session_from_path), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    invoker.cancel(session.id)
+    return {"session_id": session.id}
+
+
+@router.delete("/{session_id}", response_model=Deleted, summary="Delete a session (a running one is canceled first)")
+def delete_session(session: Session = Depends(session_from_path), invoker: Any = Depends(get_invoker),
+                   writer: Any = Depends(get_writer)) -> dict[str, Any]:
+    if invoker.is_busy(session.id):
+        invoker.cancel(session.id)
+        if not invoker.wait(session.id, DELETE_WAIT_S):
+            raise ApiError(409, "session_busy", f"session {session.id!r} is still running; try again")
+    writer.forget(session.id)
+    invoker.delete_session(session.id)
+    return {"deleted": session.id}
