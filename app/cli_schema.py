@@ -162,9 +162,9 @@ def _take_value(command: str, key: str, has_value: str, inline: str, rest: list[
 # Splitting a line into piped commands
 
 
-def split_pipeline(line: str) -> list[list[str]]:
-    """'a --x "1 | 2" | b' -> [['a', '--x', '1 | 2'], ['b']]: splits on `|` outside quotes."""
-    segments, start, quote, escaped = [], 0, None, False
+def _unquoted_pipes(line: str) -> list[int]:
+    """Positions of the `|` characters that are outside quotes and not escaped."""
+    positions, quote, escaped = [], None, False
     for i, char in enumerate(line):
         if escaped:
             escaped = False
@@ -175,9 +175,14 @@ def split_pipeline(line: str) -> list[list[str]]:
         elif char in "'\"":
             quote = char
         elif char == "|":
-            segments.append(line[start:i])
-            start = i + 1
-    segments.append(line[start:])
+            positions.append(i)
+    return positions
+
+
+def split_pipeline(line: str) -> list[list[str]]:
+    """'a --x "1 | 2" | b' -> [['a', '--x', '1 | 2'], ['b']]: splits on `|` outside quotes."""
+    cuts = _unquoted_pipes(line)
+    segments = [line[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(line)])]
     try:
         words = [shlex.split(segment) for segment in segments]
     except ValueError as exc:  # an unclosed quote
@@ -189,19 +194,8 @@ def split_pipeline(line: str) -> list[list[str]]:
 
 def last_segment(line: str) -> str:
     """The text after the last `|` outside quotes (what the cursor is completing)."""
-    quote, start, escaped = None, 0, False
-    for i, char in enumerate(line):
-        if escaped:
-            escaped = False
-        elif char == "\\" and quote != "'":
-            escaped = True
-        elif quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "|":
-            start = i + 1
-    return line[start:]
+    cuts = _unquoted_pipes(line)
+    return line[cuts[-1] + 1:] if cuts else line
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,3 +28,14 @@ def invoker(services):
     invoker = Invoker(services)
     yield invoker
     invoker.shutdown()
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models run fastest on one thread; several threads on a busy 2-core machine spin for nothing."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

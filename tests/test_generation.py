@@ -13,16 +13,7 @@ from services.events import NODE_PROGRESS
 from services.invoker import Invoker
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; several threads on a busy machine spin for nothing."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory) -> Services:

@@ -14,16 +14,7 @@ from services.models import LocalModelManager, ModelCache, ModelNotFoundError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; several threads on a busy machine spin for nothing."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 class Evil:
     """Unpickling this creates a file: proof that the loader ran pickled code."""
