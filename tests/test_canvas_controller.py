@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from app.canvas.controller import IDLE, CanvasController, CanvasError, auto_layout
-from app.canvas.schema import TAG_COLOURS, WidgetSpec, coerce, pin_spec, tag_colour, widget_for
+from app.canvas.schema import NONE_CHOICE, TAG_COLOURS, WidgetSpec, coerce, pin_spec, tag_colour, widget_for
+from app.canvas.system import detect_device, display_problem
 from app.canvas.thumbs import THUMB, fit_rgba
-from nodes.base import REGISTRY, BaseInvocation, InputField
+from nodes.base import REGISTRY, BaseInvocation, InputField, Port
 from nodes.discovery import load_builtin_nodes
 from nodes.outputs import IntOutput
 from services.graph import Link
@@ -56,6 +57,14 @@ def test_widgets_follow_port_kinds():
     assert widget_for(REGISTRY["blend"].inputs()["alpha"]).kind == "float"
     assert widget_for(REGISTRY["boolean"].inputs()["value"]).kind == "bool"
     assert coerce(widget_for(resize["width"]), 12.0) == 12 and isinstance(coerce(widget_for(resize["width"]), 12.0), int)
+
+
+def test_optional_fields_can_be_cleared():
+    spec = widget_for(Port("x", "float", "float", False, None, "", "x", ge=0, le=8))
+    assert spec.optional and coerce(spec, "") is None and coerce(spec, "2.5") == 2.5
+    model = widget_for(Port("vae", "str", "model", False, None, "", "vae", model_kind="vae"))
+    assert model.kind == "model" and model.optional and coerce(model, NONE_CHOICE) is None
+    assert not widget_for(REGISTRY["resize"].inputs()["width"]).optional
 
 
 def test_pin_colours_by_type():
@@ -390,3 +399,24 @@ def test_model_choices_without_a_manager_are_empty(ctl):
 
     ctl.services._models = Manager()
     assert ctl.model_choices("main") == ["a", "b", "c"]
+
+
+def test_viewer_image_and_export(ctl, tmp_path):
+    ctl.new_demo()
+    run_to_end(ctl)
+    name = ctl.status["show"].image_name
+    assert ctl.load_image(name).size == (256, 256)
+    assert ctl.export_image(name, tmp_path / "copy")  # ".png" is added
+    assert (tmp_path / "copy.png").read_bytes() == ctl.services.images.path(name).read_bytes()
+    assert ctl.load_image("missing.png") is None and "missing.png" in ctl.message
+    assert not ctl.export_image(name, tmp_path / "no" / "such" / "dir.png") and ctl.message_is_error
+
+
+def test_display_and_device_detection(monkeypatch):
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert "DISPLAY is not set" in display_problem()
+    monkeypatch.setenv("DISPLAY", ":987")  # no X server there
+    assert "cannot open display ':987'" in display_problem()
+    assert detect_device("cpu") == "CPU" and detect_device("cuda:1") == "GPU (cuda:1)"
+    assert detect_device("auto") in ("CPU", "GPU (CUDA)", "GPU (MPS)")

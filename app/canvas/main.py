@@ -1,0 +1,64 @@
+"""`invoke-nodes` (no arguments) / `invoke-nodes canvas [FILE]`: open the desktop canvas."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .system import display_problem
+
+_STARTED = time.perf_counter()  # launch-to-first-frame is measured from this module's import
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="invoke-nodes canvas", description="Open the node editor.")
+    parser.add_argument("file", nargs="?", help="a session .json or a PNG made by invoke-nodes (default: the demo graph)")
+    parser.add_argument("--frames", type=int, default=None, help="quit after this many frames (smoke tests, benchmarks)")
+    parser.add_argument("--run", action="store_true", help="run the graph once the window is up")
+    parser.add_argument("--screenshot", help="with --frames: write the last frame to this PNG")
+    parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(list(sys.argv[1:] if argv is None else argv))
+    problem = display_problem()
+    if problem is not None:
+        print(f"invoke-nodes: cannot open the canvas: {problem}\n"
+              "The other commands work without a display: invoke-nodes --help", file=sys.stderr)
+        return 2
+    # imported only now: the engine and Dear PyGui are not needed to print the message above
+    from services.container import Services
+    from services.invoker import Invoker
+
+    from .controller import CanvasController
+    from .view import CanvasView
+
+    invoker = Invoker(Services.local())
+    controller = CanvasController(invoker)
+    if not (args.file and controller.open(args.file)):
+        opened_error = controller.message if args.file else None
+        controller.new_demo()
+        if opened_error:
+            controller.report_error(opened_error)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    view = CanvasView(controller, width=width, height=height)
+    view.start()
+    try:
+        view.frame()
+        print(f"first frame after {time.perf_counter() - _STARTED:.2f}s; torch imported: {'torch' in sys.modules}",
+              file=sys.stderr)
+        if args.run:
+            controller.run()
+        view.run(max_frames=args.frames)
+        if args.screenshot:
+            view.screenshot(args.screenshot)
+    finally:
+        view.destroy()
+        controller.close()
+        invoker.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

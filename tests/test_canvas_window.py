@@ -1,0 +1,430 @@
+"""The canvas in a real Dear PyGui window under Xvfb (Mesa software OpenGL).
+
+Each scenario runs in its own process (this file run as a script), on an Xvfb this test starts:
+Dear PyGui keeps one context per process and a crash must fail one test, not the session.
+The script writes a JSON report and screenshots that the tests assert on (real pixels).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import pytest
+
+from nodes.base import REGISTRY, BaseInvocation, InputField
+from nodes.outputs import IntOutput
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.gui
+SIZE = (1400, 860)
+
+
+# --- the pytest side ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xdisplay():
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip("Xvfb not found: apt-get install -y xvfb xauth libgl1-mesa-dri")
+    read, write = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", f"{SIZE[0]}x{SIZE[1] + 40}x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()
+    if not number:
+        proc.kill()
+        pytest.skip("Xvfb did not start")
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def scenario(name: str, display: str, tmp_path: Path, timeout: float = 240) -> dict:
+    env = {**os.environ, "DISPLAY": display, "INVOKE_NODES_ROOT": str(tmp_path / "user"), "PYTHONPATH": str(ROOT)}
+    for key in ("INVOKE_NODES_MODELS", "INVOKE_NODES_PLUGINS", "INVOKE_NODES_OUTPUTS"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, __file__, name, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"scenario {name} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+def region(png: Path, rect: list[list[float]]):
+    from PIL import Image
+
+    image = Image.open(png).convert("RGB")
+    (x0, y0), (x1, y1) = rect
+    return image.crop((int(x0), int(y0), int(x1), int(y1)))
+
+
+def test_demo_runs_and_preview_shows_result(xdisplay, tmp_path):
+    report = scenario("demo", xdisplay, tmp_path)
+    assert report["states"] == {n: "completed" for n in ("size", "noise", "color", "blend", "show")}
+    assert report["texture_alpha"] > 0.9  # the texture received the image (opaque pixels)
+    assert not report["torch"]
+    shot = tmp_path / "demo.png"
+    preview = region(shot, report["preview_rect"])
+    assert preview.width >= 100 and preview.height >= 100
+    colours = preview.getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 200, "the preview region is blank"  # noise: many colours
+    extrema = preview.getextrema()
+    assert all(high - low > 80 for low, high in extrema)
+    # the editor background right of the graph is not the preview: it stays dark grid
+    assert report["first_frame_s"] < 10
+
+
+def test_real_gestures_with_xdotool(xdisplay, tmp_path):
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool not found: apt-get install -y xdotool")
+    report = scenario("gestures", xdisplay, tmp_path)
+    assert report["run_by_key"] == "completed"  # Ctrl+Enter
+    assert report["moved"] != report["before_move"] and report["undo_move"] == report["before_move"]  # drag + Ctrl+Z
+    assert report["redo_move"] == report["moved"]  # Ctrl+Y
+    assert report["link_ok"] is True and report["links_after_ok"] == report["links_before"] + 1  # pin drag
+    assert report["link_refused"].startswith("Link refused") and "cannot link image output" in report["link_refused"]
+    assert report["links_after_refused"] == report["links_after_ok"]  # refused link not drawn
+    assert report["deleted"] is True  # click + Delete key
+    assert report["palette_added"] == "integer"  # palette click
+    assert report["value_edit"] == 0.75  # typed into a float widget, committed on Enter
+
+
+def test_bad_file_and_save_open_in_window(xdisplay, tmp_path):
+    report = scenario("files", xdisplay, tmp_path)
+    assert report["bad_open"] is False and "bad.json" in report["message"]
+    assert report["nodes_after_bad"] == report["nodes_before"]
+    assert report["reopened_positions"] == report["saved_positions"]
+    assert report["save_dialog"]
+    assert report["drawn_nodes"] == report["nodes_before"]
+
+
+def test_menus_progress_cancel_viewer_prompt(xdisplay, tmp_path):
+    report = scenario("more", xdisplay, tmp_path)
+    assert report["add_menu_shown"] and report["menu_added"] == "float"
+    assert report["menu_node_offset"] <= 40  # the node lands where the right-click was
+    assert report["node_menu_shown"] and report["context_deleted"]
+    assert report["progress_shown"] and 0 < report["progress_value"] < 1
+    assert report["after_esc"] == "canceled" and report["message"] == "Canceled"
+    # the saved PNG carries the graph that made it (the first run's, so with the slow node too)
+    assert report["viewer_shown"] and {"blend", "color", "noise", "show", "size"} <= set(report["saved_image_nodes"])
+    assert report["prompt_shown"] and report["graph_kept_while_prompting"] and report["demo_after_discard"]
+    assert report["save_dialog_from_prompt"] and report["saved_from_prompt"]
+    if report["has_txt2img"]:
+        assert report["model_widget"] and not report["torch"]  # model combos list models without torch
+    assert not report["torch"]
+
+
+def test_without_display_prints_reason(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["INVOKE_NODES_ROOT"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "app.main"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "cannot open the canvas" in done.stderr and "DISPLAY" in done.stderr
+
+
+def test_launch_opens_window_without_torch(xdisplay, tmp_path):
+    env = {**os.environ, "DISPLAY": xdisplay, "INVOKE_NODES_ROOT": str(tmp_path / "user")}
+    done = subprocess.run([sys.executable, "-m", "app.main", "--frames", "3"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stderr
+
+
+# --- the scenario side (this file run as a script in a fresh process) ---------------------------
+
+
+class Driver:
+    def __init__(self, out: Path) -> None:
+        from app.canvas.controller import CanvasController
+        from app.canvas.view import CanvasView
+        from services.container import Services
+        from services.invoker import Invoker
+
+        started = time.perf_counter()
+        self.out = out
+        self.invoker = Invoker(Services.local())
+        self.c = CanvasController(self.invoker)
+        self.c.new_demo()
+        self.view = CanvasView(self.c, width=SIZE[0], height=SIZE[1])
+        self.view.start()
+        import dearpygui.dearpygui as dpg
+
+        self.dpg = dpg
+        dpg.set_viewport_pos([0, 0])  # screen coordinates = window coordinates (no window manager)
+        self.frames(3)
+        self.first_frame_s = time.perf_counter() - started
+
+    def frames(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.view.frame()
+
+    def until(self, done, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > end:
+                raise TimeoutError(f"{self.c.message} {list(self.c.log)[-5:]}")
+            self.frames(1)
+
+    def xdo(self, *args: str, frames: int = 4) -> None:
+        subprocess.run(["xdotool", *args], check=True)
+        self.frames(frames)
+
+    def center(self, item) -> tuple[int, int]:
+        (x0, y0), (x1, y1) = self.dpg.get_item_rect_min(item), self.dpg.get_item_rect_max(item)
+        return int((x0 + x1) / 2), int((y0 + y1) / 2)
+
+    def pin(self, node_id: str, field: str, output: bool) -> tuple[int, int]:
+        """Screen position of a pin: the node's left/right edge at the attribute's height."""
+        items = self.view.nodes[node_id]
+        attr = items.outputs[field] if output else items.inputs[field].attr
+        shown = [i for i in self.dpg.get_item_children(attr, 1) if self.dpg.is_item_shown(i)]
+        _, y = self.center(shown[0])  # an attribute has no rectangle of its own: its visible row has
+        # a node's rectangle is its content; the pins sit on the frame, one padding (8 px) further out
+        x = self.dpg.get_item_rect_max(items.node)[0] + 8 if output else self.dpg.get_item_rect_min(items.node)[0] - 8
+        return int(x), y
+
+    def drag(self, start: tuple[int, int], end: tuple[int, int]) -> None:
+        self.xdo("mousemove", str(start[0]), str(start[1]))
+        self.xdo("mousedown", "1")
+        for i in range(1, 6):
+            x = start[0] + (end[0] - start[0]) * i // 5
+            y = start[1] + (end[1] - start[1]) * i // 5
+            self.xdo("mousemove", str(x), str(y), frames=2)
+        self.xdo("mouseup", "1", frames=6)
+
+    def screenshot(self, name: str) -> None:
+        self.view.screenshot(self.out / name)
+
+    def close(self) -> None:
+        self.view.destroy()
+        self.c.close()
+        self.invoker.shutdown()
+
+
+def scenario_demo(d: Driver) -> dict:
+    d.c.run()
+    d.until(lambda: not d.c.is_running and d.view.nodes["show"].texture is not None)
+    d.frames(3)
+    texture = d.view.nodes["show"].texture
+    pixels = d.dpg.get_value(texture)
+    alpha = sum(pixels[3::4]) / (len(pixels) / 4)
+    d.screenshot("demo.png")
+    image = d.view.nodes["show"].image
+    return {"states": {n: s.state for n, s in d.c.status.items()}, "texture_alpha": alpha,
+            "preview_rect": [d.dpg.get_item_rect_min(image), d.dpg.get_item_rect_max(image)],
+            "torch": "torch" in sys.modules, "first_frame_s": d.first_frame_s}
+
+
+def scenario_gestures(d: Driver) -> dict:
+    dpg, c, report = d.dpg, d.c, {}
+    d.xdo("mousemove", "700", "300")
+    d.xdo("key", "ctrl+Return")
+    d.until(lambda: c.status["show"].state == "completed" and not c.is_running)
+    report["run_by_key"] = c.status["show"].state
+    # drag the show node by its title bar, then undo the move
+    report["before_move"] = c.position("show")
+    x0, y0 = dpg.get_item_rect_min(d.view.nodes["show"].node)
+    d.drag((int(x0) + 40, int(y0) + 10), (int(x0) + 140, int(y0) + 90))
+    report["moved"] = c.position("show")
+    d.xdo("key", "ctrl+z")
+    report["undo_move"] = c.position("show")
+    d.xdo("key", "ctrl+y")
+    report["redo_move"] = c.position("show")
+    d.xdo("key", "ctrl+z")
+    # link by dragging pins: integer.value -> solid_color.height (accepted) ...
+    report["links_before"] = len(c.graph.links)
+    d.drag(d.pin("size", "value", True), d.pin("color", "height", False))
+    report["link_ok"] = any(l.to_node == "color" and l.to_field == "height" for l in c.graph.links)
+    report["links_after_ok"] = len(c.graph.links)
+    # ... noise.image -> blend.alpha (a float): refused with the reason in the status bar
+    d.drag(d.pin("noise", "image", True), d.pin("blend", "alpha", False))
+    report["link_refused"] = c.message
+    report["links_after_refused"] = len(d.view.links)
+    d.frames(2)
+    d.screenshot("gestures.png")
+    # type a value into the blend alpha field, commit with Enter
+    widget = d.view.nodes["blend"].inputs["alpha"].widget
+    x, y = d.center(widget)
+    d.xdo("mousemove", str(x - 30), str(y))
+    d.xdo("click", "--repeat", "2", "1")  # double-click selects the number's text
+    d.xdo("key", "ctrl+a")
+    d.xdo("type", "0.75")
+    d.xdo("key", "Return", frames=6)
+    report["value_edit"] = c.value("blend", "alpha")
+    # select the show node by clicking its title, delete it with the Delete key
+    x0, y0 = dpg.get_item_rect_min(d.view.nodes["show"].node)
+    d.xdo("mousemove", str(int(x0) + 30), str(int(y0) + 10))
+    d.xdo("click", "1", frames=6)
+    d.xdo("key", "Delete", frames=6)
+    report["deleted"] = "show" not in c.graph.nodes and "show" not in d.view.nodes
+    # palette: open the primitives group and click "integer"
+    before = set(c.graph.nodes)
+    dpg.set_value(d.view.search, "integer")
+    d.view._fill_palette()
+    d.frames(3)
+    entry = next(i for i in _walk(dpg, d.view.palette_list) if dpg.get_item_user_data(i) == "integer")
+    x, y = d.center(entry)
+    d.xdo("mousemove", str(x), str(y))
+    d.xdo("click", "1", frames=6)
+    added = set(c.graph.nodes) - before
+    report["palette_added"] = c.graph.nodes[added.pop()].type if len(added) == 1 else None
+    d.screenshot("gestures_end.png")
+    return report
+
+
+def scenario_files(d: Driver) -> dict:
+    c, report = d.c, {}
+    c.move({"show": (900, 300)})
+    d.frames(2)
+    report["nodes_before"] = sorted(c.graph.nodes)
+    bad = d.out / "bad.json"
+    bad.write_text("{broken")
+    report["bad_open"] = c.open(bad)
+    report["message"] = c.message
+    d.frames(2)
+    report["nodes_after_bad"] = sorted(c.graph.nodes)
+    path = d.out / "saved.json"
+    assert c.save(path)
+    report["saved_positions"] = c.session.ui["positions"]
+    c.path = None  # Ctrl+S on an unsaved graph asks where to save
+    d.xdo("mousemove", "700", "300")
+    d.xdo("key", "ctrl+s")
+    report["save_dialog"] = d.dpg.is_item_shown(d.view.file_dialog)
+    d.dpg.hide_item(d.view.file_dialog)
+    c.new_demo()
+    d.frames(2)
+    assert c.open(path)
+    d.frames(3)
+    report["reopened_positions"] = c.session.ui["positions"]
+    report["drawn_nodes"] = sorted(d.view.nodes)
+    return report
+
+
+def scenario_more(d: Driver) -> dict:
+    dpg, c, view, report = d.dpg, d.c, d.view, {}
+    # right-click on empty canvas -> add menu at the mouse -> search -> pick "float"
+    x0, y0, _, _ = view.editor_area()
+    point = (int(x0) + 120, int(y0) + 560)
+    d.xdo("mousemove", str(point[0]), str(point[1]))
+    d.xdo("click", "3", frames=6)
+    report["add_menu_shown"] = dpg.is_item_shown(view.add_menu)
+    d.xdo("type", "float", frames=6)
+    entry = next(i for i in _walk(dpg, view.add_list) if dpg.get_item_user_data(i) == "float")
+    x, y = d.center(entry)
+    before = set(c.graph.nodes)
+    d.xdo("mousemove", str(x), str(y))
+    d.xdo("click", "1", frames=8)
+    added = set(c.graph.nodes) - before
+    node_id = added.pop() if len(added) == 1 else None
+    report["menu_added"] = c.graph.nodes[node_id].type if node_id else None
+    if node_id:
+        rx, ry = dpg.get_item_rect_min(view.nodes[node_id].node)
+        report["menu_node_offset"] = max(abs(rx - point[0]), abs(ry - point[1]))
+    # right-click on a node -> its context menu -> Delete node
+    nx, ny = dpg.get_item_rect_min(view.nodes[node_id].node)
+    d.xdo("mousemove", str(int(nx) + 20), str(int(ny) + 5))
+    d.xdo("click", "3", frames=6)
+    report["node_menu_shown"] = dpg.is_item_shown(view.node_menu) and view.context_node == node_id
+    delete_item = dpg.get_item_children(view.node_menu, 1)[0]
+    x, y = d.center(delete_item)
+    d.xdo("mousemove", str(x), str(y))
+    d.xdo("click", "1", frames=6)
+    report["context_deleted"] = node_id not in c.graph.nodes
+    # a slow node: progress bar while running, Esc cancels
+    _register_slow_node()
+    slow_id = c.add_node("test_window_slow", (20, 420))
+    d.xdo("mousemove", "700", "300")
+    d.xdo("key", "ctrl+Return")
+    d.until(lambda: c.status[slow_id].step >= 5)
+    d.frames(2)
+    report["progress_shown"] = dpg.is_item_shown(view.nodes[slow_id].progress)
+    report["progress_value"] = dpg.get_value(view.nodes[slow_id].progress)
+    d.screenshot("progress.png")
+    d.xdo("key", "Escape")
+    d.until(lambda: not c.is_running)
+    report["after_esc"], report["message"] = c.status[slow_id].state, c.message
+    c.delete([slow_id])
+    # run the demo, open the viewer by clicking the thumbnail, save the image (the graph travels in it)
+    c.run()
+    d.until(lambda: not c.is_running and view.nodes["show"].image is not None)
+    d.frames(3)
+    x, y = d.center(view.nodes["show"].image)
+    d.xdo("mousemove", str(x), str(y))
+    d.xdo("click", "1", frames=6)
+    report["viewer_shown"] = dpg.is_item_shown(view.viewer)
+    d.screenshot("viewer.png")
+    view.ask_path("image", None)
+    target = d.out / "saved_image.png"
+    view._on_file_chosen(view.file_dialog, {"file_path_name": str(target)})  # what the dialog hands back
+    dpg.hide_item(view.file_dialog)
+    from services.sessions import read_session_file
+
+    report["saved_image_nodes"] = sorted(read_session_file(target).graph.nodes)
+    # unsaved changes: New demo asks first; Discard goes on
+    assert c.dirty
+    view.request(c.new_demo)
+    d.frames(3)
+    report["prompt_shown"] = dpg.is_item_shown(view.prompt)
+    report["graph_kept_while_prompting"] = "show" in c.graph.nodes and c.dirty
+    view._prompt_discard()
+    d.frames(3)
+    report["demo_after_discard"] = set(c.graph.nodes) == {"size", "noise", "color", "blend", "show"} and not c.dirty
+    # Save from the prompt on a never-saved graph: the save dialog comes, then the action goes on
+    c.set_value("blend", "alpha", 0.3)
+    view.request(c.new_demo)
+    view._prompt_save()
+    d.frames(2)
+    report["save_dialog_from_prompt"] = dpg.is_item_shown(view.file_dialog)
+    view._on_file_chosen(view.file_dialog, {"file_path_name": str(d.out / "from_prompt")})
+    dpg.hide_item(view.file_dialog)
+    d.frames(2)
+    report["saved_from_prompt"] = (d.out / "from_prompt.json").is_file() and c.value("blend", "alpha") == 0.55
+    # a generation node shows its model combo (built from the schema) without importing torch
+    report["has_txt2img"] = "txt2img" in REGISTRY
+    if report["has_txt2img"]:
+        gen = c.add_node("txt2img", (300, 420))
+        d.frames(3)
+        report["model_widget"] = view.nodes[gen].inputs["model"].widget is not None
+    report["torch"] = "torch" in sys.modules
+    return report
+
+
+def _register_slow_node() -> None:
+    """Only in the scenario process: pytest's own REGISTRY stays as the app has it."""
+
+    class SlowWindowInvocation(BaseInvocation):
+        """Counts slowly (a stand-in for a denoise loop)."""
+
+        type: Literal["test_window_slow"] = "test_window_slow"
+        category: ClassVar[str] = "test"
+        cacheable: ClassVar[bool] = False
+        steps: int = InputField(400)
+
+        def invoke(self, context) -> IntOutput:
+            for step in range(self.steps):
+                context.progress(step + 1, self.steps)
+                time.sleep(0.02)
+            return IntOutput(value=self.steps)
+
+
+def _walk(dpg, item):
+    for child in dpg.get_item_children(item, 1) or []:
+        yield child
+        yield from _walk(dpg, child)
+
+
+if __name__ == "__main__":
+    name, out = sys.argv[1], Path(sys.argv[2])
+    driver = Driver(out)
+    try:
+        result = globals()[f"scenario_{name}"](driver)
+    finally:
+        driver.close()
+    (out / "report.json").write_text(json.dumps(result, default=list))
