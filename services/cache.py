@@ -5,7 +5,6 @@ so an unchanged key means unchanged ancestors too."""
 from __future__ import annotations
 
 import hashlib
-import json
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -13,8 +12,9 @@ from .lru import LRU
 
 
 def cache_key(node_type: str, version: str, values: dict[str, Any], salt: Any = None) -> str:
-    # Top-level fields sorted; nested values are model dumps whose key order is fixed by their class.
-    text = json.dumps([node_type, version, sorted(values.items()), salt], separators=(",", ":"), default=repr)
+    # Values are JSON data (node values and model dumps), whose repr is deterministic and much
+    # cheaper than json.dumps.  Top-level fields are sorted; nested dumps have their class's order.
+    text = repr((node_type, version, sorted(values.items()), salt))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

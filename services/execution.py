@@ -47,10 +47,12 @@ class SessionRun:
         self.session = session
         self.cancel = cancel
         self.events = services.events
-        self.notify = services.events.wants(session.id)
+
+    def listening(self) -> bool:
+        return self.events.wants(self.session.id)
 
     def emit(self, kind: str, node_id: str | None = None, **data: Any) -> None:
-        if self.notify or self.events.wants(self.session.id):
+        if self.listening():
             self.events.emit(Event(kind, self.session.id, node_id, data))
 
     def run(self, run_all: bool = True) -> bool:
@@ -93,6 +95,8 @@ class SessionRun:
         with self.session.lock:
             self.session.results[node_id] = rows
             self.session.history.append(node_id)
+        if not self.listening():  # skip building event data nobody reads (hot path)
+            return
         for row in rows:
             if row.state in DONE_STATES:
                 self.emit(NODE_COMPLETED, node_id, state=row.state, outputs=row.outputs, index=row.index)
@@ -134,7 +138,8 @@ class SessionRun:
             if cached is not None and all(self._alive(cls, out) for out in cached):
                 return [NodeResult(node.id, CACHED, self._item_index(node, index, i, len(cached)), out, cache_key=key)
                         for i, out in enumerate(cached)]
-        self.emit(NODE_STARTED, node.id, index=index)
+        if self.listening():
+            self.emit(NODE_STARTED, node.id, index=index)
         context = NodeContext(self.services, self.session, node.id, self.cancel, index)
         try:
             result = invocation.invoke(context)
@@ -182,11 +187,21 @@ class SessionRun:
                 bucket.extend(row.outputs[link.from_field] for row in results[link.from_node])
             else:
                 by_source.setdefault(link.from_node, []).append((link.from_field, link.to_field))
-        combos: list[tuple[dict[str, int], dict[str, Any]]] = [({}, dict(collected))]
+        plain = dict(collected)
+        joined_sources = []
         for source, fields in by_source.items():
+            rows = results[source]
+            if len(rows) == 1 and not rows[0].index:  # the common case: no fan-out upstream
+                outputs = rows[0].outputs or {}
+                for from_field, to_field in fields:
+                    plain[to_field] = outputs[from_field]
+            else:
+                joined_sources.append((rows, fields))
+        combos: list[tuple[dict[str, int], dict[str, Any]]] = [({}, plain)]
+        for rows, fields in joined_sources:
             joined = []
             for index, values in combos:
-                for row in results[source]:
+                for row in rows:
                     if any(index.get(k, i) != i for k, i in row.index):
                         continue
                     merged = dict(values)
@@ -195,4 +210,4 @@ class SessionRun:
                         merged[to_field] = outputs[from_field]
                     joined.append(({**index, **dict(row.index)} if row.index else index, merged))
             combos = joined
-        return [(tuple(sorted(index.items())), values) for index, values in combos]
+        return [(tuple(sorted(index.items())) if index else (), values) for index, values in combos]

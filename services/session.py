@@ -43,10 +43,12 @@ class NodeResult:
         data: dict[str, Any] = {"node_id": self.node_id, "state": self.state}
         if self.index:
             data["index"] = [list(pair) for pair in self.index]
-        for name in ("outputs", "error", "cache_key"):
-            value = getattr(self, name)
-            if value is not None:
-                data[name] = value
+        if self.outputs is not None:
+            data["outputs"] = self.outputs
+        if self.error is not None:
+            data["error"] = self.error
+        if self.cache_key is not None:
+            data["cache_key"] = self.cache_key
         if self.seconds:
             data["seconds"] = round(self.seconds, 6)
         return data
