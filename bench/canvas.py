@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from app.canvas.system import start_virtual_display  # noqa: E402 - after the path fix above
+
 SIZE = (1400, 860)
 # one repeating unit: a primitive feeding an image chain (int, enum, seed and link-only pins)
 UNIT = [("integer", {"value": 64}), ("noise_image", {"height": 64, "seed": 1}), ("resize", {"width": 32, "height": 32}),
@@ -170,15 +171,10 @@ def child(count: int, frames: int) -> dict:
 def start_xvfb() -> tuple[subprocess.Popen | None, str]:
     if os.environ.get("BENCH_DISPLAY"):
         return None, os.environ["BENCH_DISPLAY"]
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        sys.exit("Xvfb not found: apt-get install -y xvfb xauth libgl1-mesa-dri")
-    read, write = os.pipe()
-    proc = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", f"{SIZE[0]}x{SIZE[1] + 40}x24", "-nolisten", "tcp"],
-                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        return proc, ":" + pipe.readline().strip()
+    started = start_virtual_display(SIZE[0], SIZE[1] + 40)
+    if started is None:
+        sys.exit("Xvfb not found or did not start: apt-get install -y xvfb xauth libgl1-mesa-dri")
+    return started
 
 
 def run_child(env: dict, *args: str) -> dict:

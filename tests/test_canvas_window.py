@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 
 import pytest
 
+from app.canvas.system import start_virtual_display
 from nodes.base import REGISTRY, BaseInvocation, InputField
 from nodes.outputs import IntOutput
 
@@ -30,19 +31,11 @@ SIZE = (1400, 860)
 
 @pytest.fixture(scope="module")
 def xdisplay():
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        pytest.skip("Xvfb not found: apt-get install -y xvfb xauth libgl1-mesa-dri")
-    read, write = os.pipe()
-    proc = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", f"{SIZE[0]}x{SIZE[1] + 40}x24", "-nolisten", "tcp"],
-                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        number = pipe.readline().strip()
-    if not number:
-        proc.kill()
-        pytest.skip("Xvfb did not start")
-    yield f":{number}"
+    started = start_virtual_display(SIZE[0], SIZE[1] + 40)
+    if started is None:
+        pytest.skip("Xvfb not found or did not start: apt-get install -y xvfb xauth libgl1-mesa-dri")
+    proc, display = started
+    yield display
     proc.terminate()
     proc.wait(10)
 

@@ -5,6 +5,7 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import subprocess
 import sys
 
 
@@ -41,3 +42,22 @@ def detect_device(setting: str = "auto") -> str:
     if sys.platform == "darwin":
         return "GPU (MPS)"
     return "CPU"
+
+
+def start_virtual_display(width: int, height: int) -> tuple[subprocess.Popen, str] | None:
+    """Start an Xvfb screen of this size for headless windows (tests, benchmarks, screenshots).
+
+    Returns (process, DISPLAY value), or None when Xvfb is not installed or did not start."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        return None
+    read, write = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()  # Xvfb writes its display number once it accepts clients
+    if not number:
+        proc.kill()
+        return None
+    return proc, f":{number}"
