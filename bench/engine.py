@@ -32,14 +32,15 @@ def chain_graph(count: int) -> dict:
     return {"nodes": nodes, "links": links}
 
 
-def best_of(repeats: int, fn) -> tuple[float, float]:
-    """(wall, cpu) seconds of the fastest repeat.  CPU time is reported too because on a shared
-    2-core machine wall time also counts other processes."""
+def best_of(repeats: int, fn, setup=lambda: None) -> tuple[float, float]:
+    """(wall, cpu) seconds of the fastest repeat of fn(setup()); setup is not timed.  CPU time is
+    reported too because on a shared 2-core machine wall time also counts other processes."""
     best = (float("inf"), float("inf"))
     for _ in range(repeats):
+        prepared = setup()
         gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
-        fn()
+        fn(prepared)
         best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
     return best
 
@@ -59,52 +60,46 @@ def main() -> None:
         invoker = Invoker(services, start=False)
         data = chain_graph(args.nodes)
 
-        validate = best_of(args.repeats, lambda: Graph.from_dict(data, strict=True))
+        validate = best_of(args.repeats, lambda _: Graph.from_dict(data, strict=True))
         print(json.dumps({"case": "validate_graph", "nodes": args.nodes, "seconds": round(validate[0], 4),
                           "cpu_seconds": round(validate[1], 4), "target_s": 0.5}))
 
-        def append_one_by_one() -> None:
-            session = invoker.create_session()
+        def append_one_by_one(session) -> None:
             session.add_node(data["nodes"][0])
             for node in data["nodes"][1:]:
                 session.add_node(node, [(-1, "value", "a")])
 
-        append = best_of(args.repeats, append_one_by_one)
+        append = best_of(args.repeats, append_one_by_one, invoker.create_session)
         print(json.dumps({"case": "append_nodes", "nodes": args.nodes, **per_node(append, args.nodes)}))
 
-        def run_fresh() -> None:
+        def fresh_session():
             services.cache.clear()
-            session = invoker.create_session(data)
+            return invoker.create_session(data)
+
+        def run(session) -> None:
             assert invoker.run(session)
             assert session.results[str(args.nodes)][0].outputs["value"] == args.nodes
 
-        # create_session stores the session too; time it apart so only the run is counted
-        create = best_of(args.repeats, lambda: invoker.create_session(data))
-        run = best_of(args.repeats, run_fresh)
-        run = (run[0] - create[0], run[1] - create[1])
-        print(json.dumps({"case": "run_trivial_nodes", "nodes": args.nodes, **per_node(run, args.nodes), "target_us": 50,
+        timed = best_of(args.repeats, run, fresh_session)
+        print(json.dumps({"case": "run_trivial_nodes", "nodes": args.nodes, **per_node(timed, args.nodes), "target_us": 50,
                           "note": "input validation, cache key, invoke, result records, events, final session save"}))
 
-        def rerun_cached() -> None:
-            session = invoker.create_session(data)
+        def rerun_cached(session) -> None:
             invoker.run(session)
             assert session.node_state(str(args.nodes)) == "cached"
 
-        cached = best_of(args.repeats, rerun_cached)
-        print(json.dumps({"case": "rerun_all_cached", "nodes": args.nodes,
-                          **per_node((cached[0] - create[0], cached[1] - create[1]), args.nodes)}))
+        timed = best_of(args.repeats, rerun_cached, lambda: invoker.create_session(data))
+        print(json.dumps({"case": "rerun_all_cached", "nodes": args.nodes, **per_node(timed, args.nodes)}))
 
         invoker.start()
 
-        def on_worker() -> None:
-            services.cache.clear()
-            session = invoker.create_session(data)
+        def on_worker(session) -> None:
             invoker.invoke(session)
             invoker.wait(session.id)
+            assert session.is_complete()
 
-        worker = best_of(args.repeats, on_worker)
-        print(json.dumps({"case": "run_on_worker_thread", "nodes": args.nodes,
-                          **per_node((worker[0] - create[0], worker[1] - create[1]), args.nodes)}))
+        timed = best_of(args.repeats, on_worker, fresh_session)
+        print(json.dumps({"case": "run_on_worker_thread", "nodes": args.nodes, **per_node(timed, args.nodes)}))
         invoker.shutdown()
 
 
