@@ -146,15 +146,20 @@ def write_tiny_vae_folder(folder: Path | str, seed: int = 10) -> Path:
 
 
 def write_demo_models(target: Path) -> list[Path]:
-    from .restoration import write_tiny_face_restorer, write_tiny_upscaler
-
-    return [
+    written = [
         write_tiny_sd1_diffusers(target / "tiny-sd1"),
         write_tiny_sd1_single_file(target / "tiny-sd1-single.safetensors", seed=1),
         write_tiny_vae_folder(target / "tiny-vae"),
-        write_tiny_upscaler(target / "tiny-upscaler-x4.pth"),
-        write_tiny_face_restorer(target / "tiny-face-restorer.pth"),
     ]
+    try:
+        import spandrel  # noqa: F401 - restoration models need it (and it needs torchvision)
+    except Exception as exc:  # noqa: BLE001 - e.g. the CPU desktop build, which has no torchvision
+        print(f"skipping the upscaler and face restorer: restoration nodes are not available here ({exc})")
+        return written
+    from .restoration import write_tiny_face_restorer, write_tiny_upscaler
+
+    return [*written, write_tiny_upscaler(target / "tiny-upscaler-x4.pth"),
+            write_tiny_face_restorer(target / "tiny-face-restorer.pth")]
 
 
 def main(argv: list[str] | None = None) -> int:
