@@ -125,7 +125,7 @@ class SessionRun:
         values = {**node.values, **linked}
         started = time.perf_counter()
         try:
-            invocation = cls.model_validate({**values, "id": node.id})
+            invocation = cls.model_validate(values | {"id": node.id})
         except ValidationError as exc:
             field, message = describe_validation_error(exc)
             if exc.errors()[0].get("type") == "missing":
@@ -136,7 +136,7 @@ class SessionRun:
             key = cache_key(cls.node_type, cls.version, values, invocation.cache_salt())
             cached = self.services.cache.get(key)
             if cached is not None and all(self._alive(cls, out) for out in cached):
-                return [NodeResult(node.id, CACHED, self._item_index(node, index, i, len(cached)), out, cache_key=key)
+                return [NodeResult(node.id, CACHED, self._item_index(node, index, i), out, cache_key=key)
                         for i, out in enumerate(cached)]
         if self.listening():
             self.emit(NODE_STARTED, node.id, index=index)
@@ -144,7 +144,7 @@ class SessionRun:
         try:
             result = invocation.invoke(context)
             produced = result if cls.fans_out else [result]
-            if not isinstance(produced, list) or not all(isinstance(r, cls.output_class) for r in produced):
+            if not isinstance(produced, list) or any(type(r) is not cls.output_class for r in produced):
                 raise TypeError(f"invoke returned {type(result).__name__}, expected {cls.output_class.__name__}")
             outputs = [r.model_dump(mode="json") for r in produced]
         except CanceledError:
@@ -159,11 +159,11 @@ class SessionRun:
         seconds = time.perf_counter() - started
         if key is not None:
             self.services.cache.put(key, outputs)
-        return [NodeResult(node.id, COMPLETED, self._item_index(node, index, i, len(outputs)), out, cache_key=key, seconds=seconds)
+        return [NodeResult(node.id, COMPLETED, self._item_index(node, index, i), out, cache_key=key, seconds=seconds)
                 for i, out in enumerate(outputs)]
 
     @staticmethod
-    def _item_index(node: GraphNode, index: Index, item: int, count: int) -> Index:
+    def _item_index(node: GraphNode, index: Index, item: int) -> Index:
         if not node.cls.fans_out:
             return index
         return tuple(sorted((*index, (node.id, item))))
