@@ -18,10 +18,10 @@ from typing import Any, Callable, TextIO
 
 from nodes.base import REGISTRY, Port
 from services.container import Services
-from services.graph import GraphError
+from services.engine.graph import GraphError
 from services.invoker import Invoker
-from services.session import Session
-from services.sessions import SessionFileError, read_session_file, write_session_file
+from services.engine.session import Session
+from services.stores.sessions import SessionFileError, read_session_file, write_session_file
 
 from .cli_progress import RunReporter
 from .cli_schema import (COMMON_NAMES, CommandError, ParsedCommand, command_help, commands_overview, last_segment,

@@ -15,8 +15,8 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from services.container import Services
-from services.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, Event
-from services.session import Session
+from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, Event
+from services.engine.session import Session
 
 # The one node the CLI treats specially, as its docstring promises: it opens its image.
 VIEWER_NODE = "show_image"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from services.container import Services
 from services.invoker import Invoker
-from services.session import DONE_STATES, Session
-from services.sessions import SessionFileError, read_session_file
+from services.engine.session import DONE_STATES, Session
+from services.stores.sessions import SessionFileError, read_session_file
 
 from .cli import set_field
 from .cli_progress import RunReporter, image_paths

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cli": ("app.cli", "interactive prompt; -c 'LINE' runs one line"),
     "run": ("app.headless", "run a saved session or PNG-embedded graph headless"),
     "api": ("app.api.server", "serve the HTTP API with live events"),
-    "make-demo-models": ("nodes.core.demo_models", "write tiny random-weight models to try every node"),
+    "make-demo-models": ("services.models.demo", "write tiny random-weight models to try every node"),
 }
 
 

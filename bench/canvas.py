@@ -105,11 +105,11 @@ def child(count: int, frames: int) -> dict:
     from app.canvas.controller import CanvasController
     from app.canvas.view import CanvasView
     from services.container import Services
-    from services.events import NODE_PROGRESS, Event
-    from services.graph import Graph
+    from services.engine.events import NODE_PROGRESS, Event
+    from services.engine.graph import Graph
     from services.invoker import Invoker
-    from services.session import Session
-    from services.sessions import write_session_file
+    from services.engine.session import Session
+    from services.stores.sessions import write_session_file
 
     graph, positions = bench_graph(count)
     invoker = Invoker(Services.local())

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.config import Settings  # noqa: E402
 from services.container import Services  # noqa: E402
-from services.graph import Graph  # noqa: E402
+from services.engine.graph import Graph  # noqa: E402
 from services.invoker import Invoker  # noqa: E402
 
 

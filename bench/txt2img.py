@@ -58,8 +58,8 @@ def build_sd15(models: Path, cache: Path, device: str) -> None:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from nodes.core.checkpoints import sd1_to_ldm
-    from nodes.core.model_configs import config_folder
+    from services.models.checkpoints import sd1_to_ldm
+    from services.models.configs import config_folder
 
     config = config_folder("sd1", cache)
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ class NodeRunner:
     def __init__(self, root: Path, models: Path, device: str, data_dir: Path) -> None:
         from services.config import Settings
         from services.container import Services
-        from services.events import NODE_PROGRESS
+        from services.engine.events import NODE_PROGRESS
         from services.invoker import Invoker
 
         settings = Settings(data_dir=data_dir, config_dir=root / "config", models_dir=models, outputs_dir=root / "outputs",
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     if args.smoke:
-        from nodes.core.demo_models import write_tiny_sd1_diffusers
+        from services.models.demo import write_tiny_sd1_diffusers
 
         write_tiny_sd1_diffusers(models / model)
     else:

@@ -93,7 +93,7 @@ class FaceRestoreInvocation(BaseInvocation):
 
     def invoke(self, context) -> ImageOutput:
         image = context.images.get(self.image)
-        detector = None if self.aligned else self._detector_file(context)  # before a costly model load
+        detector = None if self.aligned else self._detector(context)  # before a costly model load
         with _using_model(context, self.model, FACE_RESTORE) as descriptor:
             if detector is None:
                 result = self._restore_aligned(context, descriptor, image)
@@ -101,13 +101,11 @@ class FaceRestoreInvocation(BaseInvocation):
                 result = self._restore_detected(context, descriptor, detector, image)
         return _stored(context, result)
 
-    def _detector_file(self, context) -> Any:
-        from .core.face_detection import DetectorMissingError, find_detector
-
+    def _detector(self, context: InvocationContext) -> Any:
         try:
-            return find_detector(context.settings.models_dir, self.detector)
-        except DetectorMissingError as exc:  # the message names the file and where it goes
-            raise NodeInputError("detector", str(exc)) from None
+            return context.models.face_detector(self.detector)
+        except (KeyError, ValueError) as exc:  # the message names the file and where it goes, or why it is unusable
+            raise NodeInputError("detector", str(exc.args[0]) if exc.args else str(exc)) from None
 
     def _restore_one(self, descriptor: Any, face: Image.Image) -> Image.Image:
         from .core.faces import blend_fidelity
@@ -122,14 +120,9 @@ class FaceRestoreInvocation(BaseInvocation):
             restored = restored.resize(image.size, Image.Resampling.LANCZOS)
         return restored if image.mode == "RGB" else restored.convert(image.mode)
 
-    def _restore_detected(self, context, descriptor: Any, detector_file: Any, image: Image.Image) -> Image.Image:
-        from .core.face_detection import load_detector
+    def _restore_detected(self, context: InvocationContext, descriptor: Any, detector: Any, image: Image.Image) -> Image.Image:
         from .core.faces import align_face, paste_face
 
-        try:
-            detector = load_detector(detector_file, descriptor.device)
-        except ValueError as exc:  # a file that is not RetinaFace weights: the message says why
-            raise NodeInputError("detector", str(exc)) from None
         faces = detector.detect(image)
         if self.max_faces:
             faces = faces[: self.max_faces]

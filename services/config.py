@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .fsutil import atomic_write_text
+from services.fsutil import atomic_write_text
 
 APP_NAME = "invoke-nodes"
 

@@ -5,17 +5,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .cache import MemoryOutputCache, OutputCache
-from .config import Settings
-from .events import EventBus, LocalEventBus
-from .images import DiskImageStore, ImageStore
-from .objects import MemoryObjectStore, ObjectStore
-from .queue import InvocationQueue, MemoryInvocationQueue
-from .sessions import DiskSessionStore, SessionStore
+from services.engine.cache import MemoryOutputCache, OutputCache
+from services.config import Settings
+from services.engine.events import EventBus, LocalEventBus
+from services.stores.images import DiskImageStore, ImageStore
+from services.stores.objects import MemoryObjectStore, ObjectStore
+from services.engine.queue import InvocationQueue, MemoryInvocationQueue
+from services.stores.sessions import DiskSessionStore, SessionStore
 
 
 def _local_model_manager(settings: Settings) -> Any:
-    from .models import LocalModelManager  # torch-free module; torch loads when a model does
+    from services.models.manager import LocalModelManager  # torch-free module; torch loads when a model does
 
     return LocalModelManager(settings)
 

@@ -8,14 +8,14 @@ from typing import Any, Mapping
 
 from nodes.discovery import PluginError, load_builtin_nodes, load_plugins
 
-from .container import Services
-from .events import SESSION_CANCELED, Event
-from .execution import SessionRun
-from .graph import Graph
-from .lru import LRU
-from .queue import Job
-from .session import DONE_STATES, Session
-from .sessions import SessionNotFoundError
+from services.container import Services
+from services.engine.events import SESSION_CANCELED, Event
+from services.engine.execution import SessionRun
+from services.engine.graph import Graph
+from services.lru import LRU
+from services.engine.queue import Job
+from services.engine.session import DONE_STATES, Session
+from services.stores.sessions import SessionNotFoundError
 
 log = logging.getLogger(__name__)
 

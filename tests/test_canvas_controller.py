@@ -16,7 +16,7 @@ from app.canvas.thumbs import THUMB, fit_rgba
 from nodes.base import REGISTRY, BaseInvocation, InputField, Port
 from nodes.discovery import load_builtin_nodes
 from nodes.outputs import IntOutput
-from services.graph import Link
+from services.engine.graph import Link
 
 load_builtin_nodes()  # the schema tests read node classes before any invoker exists
 
@@ -256,7 +256,7 @@ def test_progress_events_update_one_node(ctl, invoker):
     """Progress from the invoker thread lands in the node's status; thumbnails from previews."""
     ctl.new_demo()
     ctl.running_id = ctl.session.id
-    from services.events import NODE_PROGRESS, Event
+    from services.engine.events import NODE_PROGRESS, Event
 
     for step in range(1, 6):
         invoker.services.events.emit(Event(NODE_PROGRESS, ctl.session.id, "blend",

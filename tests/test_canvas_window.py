@@ -357,7 +357,7 @@ def scenario_more(d: Driver) -> dict:
     target = d.out / "saved_image.png"
     view._on_file_chosen(view.file_dialog, {"file_path_name": str(target)})  # what the dialog hands back
     dpg.hide_item(view.file_dialog)
-    from services.sessions import read_session_file
+    from services.stores.sessions import read_session_file
 
     report["saved_image_nodes"] = sorted(read_session_file(target).graph.nodes)
     # unsaved changes: New demo asks first; Discard goes on

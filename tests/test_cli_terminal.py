@@ -147,8 +147,8 @@ def test_the_seed_line_generates_upscales_and_shows(root):
     if not {"txt2img", "upscale"} <= set(REGISTRY):
         pytest.skip("the generation and restoration nodes are not installed")
     models = root / "models"
-    write = ("import sys; from pathlib import Path; from nodes.core.demo_models import write_tiny_sd1_diffusers; "
-             "from nodes.core.restoration import write_tiny_upscaler; folder = Path(sys.argv[1]); "
+    write = ("import sys; from pathlib import Path; from services.models.demo import write_tiny_sd1_diffusers; "
+             "from services.models.restoration_files import write_tiny_upscaler; folder = Path(sys.argv[1]); "
              "write_tiny_sd1_diffusers(folder / 'tiny-sd1'); write_tiny_upscaler(folder / 'tiny-upscaler-x4.pth')")
     subprocess.run([sys.executable, "-c", write, str(models)], cwd=REPO, env=cli_env(root), check=True, timeout=300)
     line = ('txt2img --model tiny-sd1 --prompt "a cat eating sushi" --steps 2 --seed 1234 --width 64 --height 64'

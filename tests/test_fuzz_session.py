@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes.discovery import load_builtin_nodes
-from services.graph import GraphError
-from services.session import Session, SessionFormatError
+from services.engine.graph import GraphError
+from services.engine.session import Session, SessionFormatError
 
 load_builtin_nodes()
 
@@ -82,7 +82,7 @@ link_fields = st.sampled_from(["*", "value", "image", "collection", "item", "wid
 @given(st.lists(st.tuples(node_types, st.dictionaries(fields, json_values, max_size=2),
                           st.lists(st.tuples(link_refs, link_fields, link_fields), max_size=2)), max_size=6))
 def test_appending_random_nodes_keeps_the_graph_valid(steps):
-    from services.graph import Graph
+    from services.engine.graph import Graph
 
     graph = Graph()
     for node_type, values, links in steps:

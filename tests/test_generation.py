@@ -9,7 +9,7 @@ import pytest
 
 from services.config import Settings
 from services.container import Services
-from services.events import NODE_PROGRESS
+from services.engine.events import NODE_PROGRESS
 from services.invoker import Invoker
 
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 @pytest.fixture(scope="module")
 def services(tmp_path_factory) -> Services:
     """One set of services for the module, so each tiny model is read from disk once."""
-    from nodes.core import demo_models
+    from services.models import demo as demo_models
 
     root = tmp_path_factory.mktemp("gen")
     models = root / "models"
@@ -191,9 +191,9 @@ def test_txt2img_on_the_gpu_in_half_precision(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from nodes.core import demo_models
+    from services.models import demo as demo_models
     from nodes.core.diffusion import GenerationRequest, Generator
-    from services.models import LocalModelManager
+    from services.models.manager import LocalModelManager
 
     demo_models.write_tiny_sd1_diffusers(tmp_path / "models" / "tiny-sd1")
     settings = Settings(data_dir=tmp_path, config_dir=tmp_path, models_dir=tmp_path / "models", outputs_dir=tmp_path,

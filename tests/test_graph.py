@@ -5,7 +5,7 @@ import pytest
 
 from nodes.base import SEED_MAX
 from nodes.discovery import load_builtin_nodes
-from services.graph import Graph, GraphError, Link
+from services.engine.graph import Graph, GraphError, Link
 
 load_builtin_nodes()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from nodes.discovery import load_builtin_nodes
-from services.session import Session
-from services.sessions import write_session_file
+from services.engine.session import Session
+from services.stores.sessions import write_session_file
 from tests.test_cli_terminal import pixels, run_app
 
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from services.images import read_embedded
+from services.stores.images import read_embedded
 
 
 def _run(invoker, nodes, links=()):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from services.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED
+from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED
 from tests import engine_nodes
 from tests.engine_nodes import RUNS
 
@@ -244,7 +244,7 @@ def test_sessions_are_stored_and_read_back_with_results(invoker, services):
     session.add_node({"type": "solid_color", "width": 4, "height": 4, "color": "red"})
     invoker.invoke(session)
     invoker.wait(session.id, 10)
-    from services.sessions import DiskSessionStore
+    from services.stores.sessions import DiskSessionStore
 
     fresh = DiskSessionStore(services.settings.sessions_dir).get(session.id)
     assert fresh.to_dict() == session.to_dict()
@@ -261,7 +261,7 @@ def test_reopened_fan_out_session_is_served_from_the_cache(invoker, services):
     invoker.wait(session.id, 10)
     assert RUNS["per_item"] == 3
     services.cache.clear()
-    from services.session import Session
+    from services.engine.session import Session
 
     reopened = invoker.add_session(Session.from_json(session.to_json()).clone())
     rerun = invoker.add_session(reopened.set_value("1", "start", 0))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.config import Settings
-from services.models import LocalModelManager, ModelCache, ModelNotFoundError
+from services.models.manager import LocalModelManager, ModelCache, ModelNotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ class Evil:
 def models_root(tmp_path_factory) -> Path:
     import torch
 
-    from nodes.core import demo_models
+    from services.models import demo as demo_models
 
     root = tmp_path_factory.mktemp("models")
     demo_models.write_tiny_sd1_diffusers(root / "sd" / "tiny-sd1")
@@ -67,7 +67,7 @@ def test_importing_the_manager_and_scanning_safetensors_does_not_import_torch(tm
                          {"dtype": "F16", "shape": [320, 768], "data_offsets": [0, 0]}}).encode()
     (folder / "sd15.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     code = (
-        "import sys; from pathlib import Path; import services.models as m, nodes.generation, nodes.core.demo_models;"
+        "import sys; from pathlib import Path; import services.models.manager as m, nodes.generation, services.models.demo;"
         "from services.config import Settings; s = Settings.load(); s.models_dir = Path(sys.argv[1]);"
         "found = m.LocalModelManager(s).list();"
         "assert [(i.id, i.kind, i.base) for i in found] == [('sd15', 'main', 'sd1')], found;"
@@ -102,9 +102,9 @@ def test_unrecognised_files_are_listed_with_a_reason(manager, models_root):
 
 
 def test_pickle_code_checkpoint_is_refused_and_never_run(manager, models_root):
-    from nodes.core.checkpoints import UnsafeCheckpointError, load_pickle_state_dict
-    from nodes.core.model_loading import load_from_disk
-    from services.models import ModelInfo
+    from services.models.checkpoints import UnsafeCheckpointError, load_pickle_state_dict
+    from services.models.loading import load_from_disk
+    from services.models.manager import ModelInfo
 
     with pytest.raises(UnsafeCheckpointError, match="pickled code"):
         load_pickle_state_dict(models_root / "evil.ckpt")
@@ -117,7 +117,7 @@ def test_pickle_code_checkpoint_is_refused_and_never_run(manager, models_root):
 
 
 def test_single_files_load_to_the_weights_they_were_written_from(manager):
-    from nodes.core.demo_models import tiny_sd1_modules
+    from services.models.demo import tiny_sd1_modules
 
     reference = tiny_sd1_modules(seed=1)
     for model_id in ("tiny-single", "tiny-ckpt"):
@@ -129,7 +129,7 @@ def test_single_files_load_to_the_weights_they_were_written_from(manager):
 
 
 def test_checkpoint_classification_from_key_shapes():
-    from nodes.core.checkpoints import classify_sd_checkpoint
+    from services.models.checkpoints import classify_sd_checkpoint
 
     def attn(dim: int) -> dict:
         return {"model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (640, dim),
@@ -199,7 +199,7 @@ def test_shipped_configs_build_real_architectures_offline(tmp_path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
-    from nodes.core.model_configs import config_folder
+    from services.models.configs import config_folder
 
     expected_unet = {"sd1": 859_520_964, "sd2": 865_910_724, "sdxl": 2_567_463_684}
     for base, params in expected_unet.items():
@@ -219,7 +219,7 @@ def test_shipped_configs_build_real_architectures_offline(tmp_path):
 
 
 def test_make_demo_models_command_writes_loadable_models(tmp_path, capsys):
-    from nodes.core.demo_models import main
+    from services.models.demo import main
 
     assert main([str(tmp_path / "demo")]) == 0
     assert "RANDOM weights" in capsys.readouterr().out

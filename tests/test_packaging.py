@@ -21,9 +21,9 @@ from PIL import Image, ImageChops, ImageStat
 
 from app.canvas.demo import demo_graph
 from nodes.discovery import load_builtin_nodes
-from services.graph import Graph
-from services.session import Session
-from services.sessions import write_session_file
+from services.engine.graph import Graph
+from services.engine.session import Session
+from services.stores.sessions import write_session_file
 
 pytestmark = [pytest.mark.packaging, pytest.mark.slow]
 
@@ -133,7 +133,7 @@ def test_generates_with_torch_and_diffusers_on_the_cpu(app_exe, build_info, tmp_
         made = frozen(app_exe, root, "make-demo-models", str(root / "models"))
         assert made.returncode == 0, made.stdout + made.stderr
     else:
-        from nodes.core.demo_models import write_tiny_sd1_diffusers, write_tiny_sd1_single_file
+        from services.models.demo import write_tiny_sd1_diffusers, write_tiny_sd1_single_file
 
         write_tiny_sd1_diffusers(root / "models" / "tiny-sd1")
         write_tiny_sd1_single_file(root / "models" / "tiny-sd1-single.safetensors", seed=1)

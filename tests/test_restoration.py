@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from nodes.core.face_detection import (DETECTOR_DIR, DETECTOR_FILES, RetinaFaceDetector, decode, priors,
-                                       write_random_detector)
+from nodes.core.face_detection import RetinaFaceDetector, decode, priors
 from nodes.core.faces import FFHQ_TEMPLATE, Face, align_face, paste_face, similarity_transform
-from nodes.core.restoration import (image_to_tensor, load_restoration_model, probe_restoration_file, restore_face,
-                                    upscale_image, write_tiny_face_restorer, write_tiny_upscaler)
+from nodes.core.restoration import image_to_tensor, restore_face, upscale_image
 from nodes.core.tiling import run_tiled, tile_starts
-from services.events import NODE_PROGRESS
-from services.session import COMPLETED, FAILED
+from services.engine.events import NODE_PROGRESS
+from services.models.face_detectors import DETECTOR_DIR, DETECTOR_FILES, load_detector, write_random_detector
+from services.models.restoration_files import (load_restoration_model, probe_restoration_file, write_tiny_face_restorer,
+                                               write_tiny_upscaler)
+from services.engine.session import COMPLETED, FAILED
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -215,7 +216,7 @@ def test_detector_loads_facexlib_layout_and_runs(detector_file):
     path = detector_file
     assert {"body.layer4.2.conv3.weight", "fpn.merge1.0.weight", "ssh3.conv7x7_3.1.running_var",
             "ClassHead.0.conv1x1.bias", "LandmarkHead.2.conv1x1.weight"} <= set(torch.load(path, weights_only=True))
-    assert RetinaFaceDetector(path).detect(noise_image(64, 48)) == []  # its class heads say "no face"
+    assert load_detector(path).detect(noise_image(64, 48)) == []  # its class heads say "no face"
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ import json
 import pytest
 from PIL import Image
 
-from services.graph import GraphError, Link
-from services.images import read_embedded
-from services.session import SESSION_SCHEMA_VERSION, Session, SessionFormatError
-from services.sessions import SessionFileError, read_session_file, write_session_file
+from services.engine.graph import GraphError, Link
+from services.stores.images import read_embedded
+from services.engine.session import SESSION_SCHEMA_VERSION, Session, SessionFormatError
+from services.stores.sessions import SessionFileError, read_session_file, write_session_file
 
 
 def _ran_session(invoker):

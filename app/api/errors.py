@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from services.graph import GraphError
-from services.images import ImageNotFoundError
-from services.sessions import SessionNotFoundError
+from services.engine.graph import GraphError
+from services.stores.images import ImageNotFoundError
+from services.stores.sessions import SessionNotFoundError
 
 from .schemas import ErrorBody
 

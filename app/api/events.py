@@ -33,8 +33,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from services.events import Event
-from services.sessions import SessionNotFoundError
+from services.engine.events import Event
+from services.stores.sessions import SessionNotFoundError
 
 from .schemas import SESSION_ID_RE
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile, status
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
-from services.images import ImageNotFoundError, encode_png
+from services.stores.images import ImageNotFoundError, encode_png
 
 from .errors import ApiError
 from .schemas import Deleted, ImageInfo, ImageMetadata, ImageName, ImagePage

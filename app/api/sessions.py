@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, status
 
-from services.graph import Link
-from services.session import Session
-from services.sessions import SessionNotFoundError
+from services.engine.graph import Link
+from services.engine.session import Session
+from services.stores.sessions import SessionNotFoundError
 
 from .errors import ApiError
 from .schemas import (AddLink, AppendNode, Canceled, DeleteLink, DeleteNode, Deleted, ForkChange, GraphModel,

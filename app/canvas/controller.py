@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nodes.base import REGISTRY, SEED_MAX, BaseInvocation
-from services.events import (NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED,
+from services.engine.events import (NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED,
                              SESSION_COMPLETED, Event)
-from services.graph import Graph, GraphError, Link
-from services.session import COMPLETED, DONE_STATES, PENDING, QUEUED, RUNNING, Session
-from services.sessions import SessionFileError, read_session_file, write_session_file
+from services.engine.graph import Graph, GraphError, Link
+from services.engine.session import COMPLETED, DONE_STATES, PENDING, QUEUED, RUNNING, Session
+from services.stores.sessions import SessionFileError, read_session_file, write_session_file
 
 from .demo import demo_graph, demo_positions
 from .schema import PinSpec, pin_spec

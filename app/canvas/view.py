@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import dearpygui.dearpygui as dpg
 
-from services.graph import Link
+from services.engine.graph import Link
 
 from .controller import IDLE, CanvasController, CanvasError
 from .schema import NONE_CHOICE, PinSpec, WidgetSpec, coerce, tag_colour

@@ -2,15 +2,12 @@
 
 facexlib itself pulls numba, scipy, filterpy and opencv; this module is the same network in
 facexlib's module names, so its `detection_Resnet50_Final.pth` (the detector GFPGAN uses) loads
-unchanged with ``torch.load(weights_only=True)``.  Weights come only from the models folder:
-``<models_dir>/face_detection/detection_Resnet50_Final.pth``.
+unchanged.  The model manager finds and reads the file (services/models/face_detectors.py).
 """
 from __future__ import annotations
 
 import itertools
 import math
-import threading
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,12 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .faces import Face
-from .restoration import read_state_dict
-
-DETECTOR_DIR = "face_detection"
-DETECTOR_FILES = {"retinaface_resnet50": "detection_Resnet50_Final.pth"}
-DETECTOR_SOURCE = "https://github.com/xinntao/facexlib/releases (detection_Resnet50_Final.pth)"
+from nodes.core.faces import Face
 
 # facexlib's cfg_re50
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -32,25 +24,6 @@ VARIANCE = (0.1, 0.2)
 BGR_MEAN = (104.0, 117.0, 123.0)  # trained on cv2 images: BGR, 0..255, mean-subtracted
 SCORE_THRESHOLD = 0.97  # GFPGAN's FaceRestoreHelper setting
 MIN_EYE_DISTANCE = 5.0  # pixels
-
-
-class DetectorMissingError(FileNotFoundError):
-    """The detector's weight file is not in the models folder."""
-
-
-def detector_path(models_dir: str | Path, name: str = "retinaface_resnet50") -> Path:
-    return Path(models_dir) / DETECTOR_DIR / DETECTOR_FILES[name]
-
-
-def find_detector(models_dir: str | Path, name: str = "retinaface_resnet50") -> Path:
-    """The detector's weight file; DetectorMissingError says where to put it when it is not there."""
-    path = detector_path(models_dir, name)
-    if not path.is_file():
-        raise DetectorMissingError(
-            f"face detector weights not found: {path}. Put facexlib's {path.name} there "
-            f"(from {DETECTOR_SOURCE}), or set aligned=true for an already aligned face"
-        )
-    return path
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, relu: bool = True) -> nn.Sequential:
@@ -158,16 +131,14 @@ def decode(boxes: torch.Tensor, scores: torch.Tensor, landmarks: torch.Tensor, h
 class RetinaFaceDetector:
     """A loaded detector: `detect(image)` returns faces, best score first."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
-        path = Path(path)
-        state_dict = read_state_dict(path, lazy=False)  # weights_only; strips facexlib's "module."
+    def __init__(self, state_dict: dict[str, torch.Tensor], name: str, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         with torch.device("meta"):
             self.network = RetinaFace()  # no random initialisation: every tensor comes from the file
         try:
             self.network.load_state_dict(state_dict, assign=True)
         except RuntimeError as exc:
-            raise ValueError(f"{path.name}: not a RetinaFace-ResNet50 weight file ({str(exc).splitlines()[0]})") from None
+            raise ValueError(f"{name}: not a RetinaFace-ResNet50 weight file ({str(exc).splitlines()[0]})") from None
         self.network.to(self.device).eval()
 
     def detect(self, image: Image.Image, threshold: float = SCORE_THRESHOLD) -> list[Face]:
@@ -179,43 +150,3 @@ class RetinaFaceDetector:
                        image.height, image.width, threshold)
         # eyes closer than a few pixels: too small a face to restore (GFPGAN skips them too)
         return [f for f in faces if np.linalg.norm(f.landmarks[0] - f.landmarks[1]) >= MIN_EYE_DISTANCE]
-
-
-def write_random_detector(path: str | Path, seed: int = 0) -> Path:
-    """A random-weight RetinaFace file in facexlib's layout whose class heads find no face anywhere
-    (random heads would report faces at random places)."""
-    with torch.device("meta"):
-        network = RetinaFace()  # skips torchvision's slow ResNet-50 initialisation
-    generator = torch.Generator().manual_seed(seed)
-    state_dict = {}
-    for name, tensor in network.state_dict().items():
-        if name.endswith("running_var") or (name.endswith(".weight") and tensor.dim() == 1):
-            state_dict[name] = torch.ones(tensor.shape)  # batch norm: unit scale and variance
-        elif tensor.is_floating_point():
-            state_dict[name] = torch.randn(tensor.shape, generator=generator) * 0.01
-        else:
-            state_dict[name] = torch.zeros(tensor.shape, dtype=tensor.dtype)  # num_batches_tracked
-    for level in range(3):
-        state_dict[f"ClassHead.{level}.conv1x1.weight"].zero_()
-        state_dict[f"ClassHead.{level}.conv1x1.bias"] = torch.tensor([0.0, -10.0]).repeat(2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state_dict, path)
-    return path
-
-
-_cache: dict[tuple[str, int, str], RetinaFaceDetector] = {}
-_cache_lock = threading.Lock()
-
-
-def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RetinaFaceDetector:
-    """The detector for `path`, kept loaded (one at a time) while the file is unchanged."""
-    path = Path(path)
-    key = (str(path), path.stat().st_mtime_ns, str(device))
-    with _cache_lock:
-        detector = _cache.get(key)
-        if detector is None:
-            detector = RetinaFaceDetector(path, device)
-            _cache.clear()  # ~100 MB each: keep only the one in use
-            _cache[key] = detector
-        return detector

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .restoration import FACE_SIZE
+from nodes.core.restoration import FACE_SIZE
 
 # Five landmarks of an FFHQ-aligned 512x512 face (facexlib's template, used by GFPGAN).
 FFHQ_TEMPLATE = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],

@@ -8,9 +8,9 @@ from PIL import Image
 
 from nodes.base import CanceledError, ImageField
 
-from .container import Services
-from .events import NODE_PROGRESS, Event
-from .session import Session
+from services.container import Services
+from services.engine.events import NODE_PROGRESS, Event
+from services.engine.session import Session
 
 
 class NodeImages:

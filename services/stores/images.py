@@ -16,8 +16,8 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from nodes.base import ImageField
 
-from .fsutil import atomic_write_bytes
-from .lru import LRU
+from services.fsutil import atomic_write_bytes
+from services.lru import LRU
 
 PNG_METADATA_KEY = "invoke-nodes"
 

@@ -2,8 +2,8 @@
 LRU cache in RAM and on the GPU.
 
 Importing this module does not import torch: scanning reads safetensors headers and JSON
-configs only (a .ckpt/.pth is read with torch, lazily); loading code lives in
-nodes/core/model_loading.py and is imported when a model is loaded.
+configs only (a .ckpt/.pth is read with torch, lazily); loading code lives in loading.py beside
+it and is imported when a model is loaded.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import Settings
+from services.config import Settings
 
 MODEL_KINDS = ("main", "vae", "upscaler", "face_restore")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
@@ -77,6 +77,11 @@ class ModelManager(ABC):
     @abstractmethod
     def rescan(self) -> None: ...
 
+    @abstractmethod
+    def face_detector(self, name: str) -> Any:
+        """A loaded face detector (`detect(image)` -> faces).  Raises ModelNotFoundError saying where
+        its weights go when they are missing, ValueError when the file is not such a detector."""
+
     @contextlib.contextmanager
     def use(self, *model_ids: str) -> Iterator[list[Any]]:
         """Load several models and keep them loaded (not evicted) while the block runs."""
@@ -115,7 +120,7 @@ def _probe_diffusers_folder(folder: Path) -> _Found:
     unet_config = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
     pipeline = str(index.get("_class_name", ""))
     context_dim = unet_config.get("cross_attention_dim")
-    from nodes.core.checkpoints import BASE_BY_CONTEXT_DIM  # torch-free
+    from services.models.checkpoints import BASE_BY_CONTEXT_DIM  # torch-free
 
     if "XL" in pipeline:
         base = "sdxl"
@@ -131,7 +136,7 @@ def _probe_diffusers_folder(folder: Path) -> _Found:
 
 
 def _probe_file(path: Path) -> _Found:
-    from nodes.core.checkpoints import classify_sd_checkpoint, read_shapes
+    from services.models.checkpoints import classify_sd_checkpoint, read_shapes
 
     fmt = "safetensors" if path.suffix.lower() == ".safetensors" else ("ckpt" if path.suffix.lower() == ".ckpt" else "pth")
     shapes = read_shapes(path)
@@ -142,7 +147,7 @@ def _probe_file(path: Path) -> _Found:
         return _Found(path.parent, path, info.kind, info.base, fmt, size, info.variant,
                       config_path=sidecar if sidecar.is_dir() else None)
     try:
-        from nodes.core.restoration import probe_restoration_file
+        from services.models.restoration_files import probe_restoration_file
     except ImportError as exc:
         raise ValueError(f"not a Stable Diffusion checkpoint or VAE, and restoration models cannot be read here ({exc})") from None
     try:
@@ -407,7 +412,7 @@ class LocalModelManager(ModelManager):
 
     def _model_cache(self) -> ModelCache:
         if self._cache is None:
-            from nodes.core.model_loading import move_model
+            from services.models.loading import move_model
 
             device = self.device
             self._cache = ModelCache(int(self.settings.ram_cache_gb * GB), int(self.settings.vram_cache_gb * GB),
@@ -423,7 +428,7 @@ class LocalModelManager(ModelManager):
         cache = self._model_cache()
         entry = cache.get(model_id)
         if entry is None:
-            from nodes.core.model_loading import load_from_disk, model_bytes
+            from services.models.loading import load_from_disk, model_bytes
 
             model = load_from_disk(info, self.dtype_name, self.cache_dir, self.device)
             entry = cache.put(model_id, model, model_bytes(model))
@@ -450,6 +455,15 @@ class LocalModelManager(ModelManager):
             with self._lock:
                 for entry in entries:
                     entry.pins -= 1
+
+    def face_detector(self, name: str) -> Any:
+        from .face_detectors import DetectorMissingError, find_detector, load_detector
+
+        try:
+            path = find_detector(self.settings.models_dir, name)
+        except DetectorMissingError as exc:
+            raise ModelNotFoundError(str(exc)) from None
+        return load_detector(path, self.device)
 
     def cache_stats(self) -> CacheStats:
         with self._lock:

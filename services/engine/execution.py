@@ -20,12 +20,12 @@ from pydantic import ValidationError
 
 from nodes.base import BaseInvocation, CanceledError, NodeInputError
 
-from .cache import cache_key
-from .container import Services
-from .context import NodeContext
-from .events import NODE_COMPLETED, NODE_FAILED, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
-from .graph import GraphNode, describe_validation_error
-from .session import (CACHED, CANCELED, COMPLETED, DONE_STATES, FAILED, RUNNING, SKIPPED, NodeResult, Session)
+from services.engine.cache import cache_key
+from services.container import Services
+from services.engine.context import NodeContext
+from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
+from services.engine.graph import GraphNode, describe_validation_error
+from services.engine.session import (CACHED, CANCELED, COMPLETED, DONE_STATES, FAILED, RUNNING, SKIPPED, NodeResult, Session)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .graph import Graph, GraphError, GraphNode, Link
+from services.engine.graph import Graph, GraphError, GraphNode, Link
 
 SESSION_FORMAT = "invoke-nodes/session"
 SESSION_SCHEMA_VERSION = 1

@@ -8,7 +8,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .lru import LRU
+from services.lru import LRU
 
 
 def cache_key(node_type: str, version: str, values: dict[str, Any], salt: Any = None) -> str:

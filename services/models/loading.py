@@ -9,8 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never let d
 
 import torch  # noqa: E402
 
-from .checkpoints import load_pickle_state_dict  # noqa: E402
-from .model_configs import config_folder  # noqa: E402
+from services.models.checkpoints import load_pickle_state_dict  # noqa: E402
+from services.models.configs import config_folder  # noqa: E402
 
 
 def _quiet_libraries() -> None:
@@ -38,7 +38,7 @@ def load_from_disk(info: Any, dtype_name: str, cache_dir: Path, device: str = "c
     dtype = getattr(torch, dtype_name)
     path = Path(info.path)
     if info.kind in ("upscaler", "face_restore"):
-        from .restoration import load_restoration_model
+        from services.models.restoration_files import load_restoration_model
 
         return load_restoration_model(path, device, dtype)
     _quiet_libraries()  # after the restoration branch: those models need no diffusers

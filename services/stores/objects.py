@@ -9,7 +9,7 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .lru import LRU
+from services.lru import LRU
 
 
 class ObjectNotFoundError(KeyError):

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .model_configs import ASSETS, write_clip_tokenizer
+from services.models.configs import ASSETS, write_clip_tokenizer
 
 TINY_TEXT_WIDTH = 32
 
@@ -92,7 +92,7 @@ def write_tiny_sd1_single_file(path: Path | str, seed: int = 0) -> Path:
     """One file in the original SD key layout (.safetensors, or a tensors-only .ckpt) plus its config folder."""
     import torch
 
-    from .checkpoints import sd1_to_ldm
+    from services.models.checkpoints import sd1_to_ldm
 
     path = Path(path)
     modules = tiny_sd1_modules(seed)
@@ -156,7 +156,7 @@ def write_demo_models(target: Path) -> list[Path]:
     except Exception as exc:  # noqa: BLE001 - e.g. the CPU desktop build, which has no torchvision
         print(f"skipping the upscaler and face restorer: restoration nodes are not available here ({exc})")
         return written
-    from .restoration import write_tiny_face_restorer, write_tiny_upscaler
+    from services.models.restoration_files import write_tiny_face_restorer, write_tiny_upscaler
 
     return [*written, write_tiny_upscaler(target / "tiny-upscaler-x4.pth"),
             write_tiny_face_restorer(target / "tiny-face-restorer.pth")]

@@ -6,11 +6,11 @@ import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from .fsutil import atomic_write_text
-from .graph import Graph, GraphError
-from .images import read_embedded
-from .lru import LRU
-from .session import Session, SessionFormatError
+from services.fsutil import atomic_write_text
+from services.engine.graph import Graph, GraphError
+from services.stores.images import read_embedded
+from services.lru import LRU
+from services.engine.session import Session, SessionFormatError
 
 
 class SessionNotFoundError(KeyError):

@@ -1,0 +1,1 @@
+"""The engine: graphs, sessions, one run of a session, output cache, node context, events, queue."""

@@ -1,0 +1,1 @@
+"""The model subsystem: scanning users' files, probing, loading, the LRU model cache."""

@@ -1,0 +1,1 @@
+"""Stores: sessions (JSON files), images (PNG files), objects (tensors between nodes)."""
