@@ -65,7 +65,6 @@ class Shell:
     def __init__(self, invoker: Invoker, out: TextIO | None = None, err: TextIO | None = None, *,
                  open_viewer: bool = True) -> None:
         self.invoker = invoker
-        self.services: Services = invoker.services
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.open_viewer = open_viewer
@@ -144,19 +143,12 @@ class Shell:
     def run_session(self) -> int:
         """Run every node not finished yet on the invoker's thread, reporting as it goes."""
         session = self.session
-        reporter = RunReporter(self.services, session, self.out, self.err, open_viewer=self.open_viewer)
-        token = self.services.events.subscribe(reporter, session.id)
+        reporter = RunReporter(self.invoker.images, session, self.out, self.err, open_viewer=self.open_viewer)
         try:
-            self.invoker.invoke(session, run_all=True)
-            try:
-                while not self.invoker.wait(session.id, 0.2):
-                    pass
-            except KeyboardInterrupt:  # Ctrl-C stops the run, not the prompt
-                self.invoker.cancel(session.id)
-                self.invoker.wait(session.id, 30)
-                self.error("canceled with Ctrl-C; 'run' goes on from there")
+            self.invoker.run_and_wait(session, reporter)
+        except KeyboardInterrupt:  # Ctrl-C stops the run, not the prompt
+            self.error("canceled with Ctrl-C; 'run' goes on from there")
         finally:
-            self.services.events.unsubscribe(token)
             reporter.close()
         return NODE_FAILED if reporter.failures else OK
 
@@ -304,7 +296,7 @@ class Shell:
     def _model_ids(self, model_kind: str | None) -> list[str]:
         """Model ids for completion, asked of the model manager only now (it is created lazily)."""
         try:
-            return sorted(model.id for model in self.services.models.list(model_kind))
+            return sorted(model.id for model in self.invoker.list_models(model_kind))
         except Exception:  # noqa: BLE001 - a broken models folder must not break the prompt
             return []
 
@@ -374,7 +366,7 @@ def _setup_readline(shell: Shell, history: Path) -> Callable[[], None]:
 
 def interact(shell: Shell, stdin: TextIO) -> int:
     tty = stdin.isatty()
-    save_history = _setup_readline(shell, shell.services.settings.data_dir / HISTORY_FILE) if tty else (lambda: None)
+    save_history = _setup_readline(shell, shell.invoker.settings.data_dir / HISTORY_FILE) if tty else (lambda: None)
     if tty:
         shell.print("invoke-nodes cli: 'help' lists commands, Tab completes, Ctrl-D leaves")
     worst = OK

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from services.container import Services
+from services.stores.images import ImageStore
 from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, Event
 from services.engine.session import Session
 
@@ -66,9 +66,9 @@ class Failure:
 class RunReporter:
     """An event subscriber for one session run.  Events arrive on the invoker's thread."""
 
-    def __init__(self, services: Services, session: Session, out: TextIO | None = None, err: TextIO | None = None, *,
+    def __init__(self, images: ImageStore, session: Session, out: TextIO | None = None, err: TextIO | None = None, *,
                  open_viewer: bool = True) -> None:
-        self.services = services
+        self.images = images
         self.session = session
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -126,14 +126,14 @@ class RunReporter:
         where = f" #{','.join(str(i) for _, i in index)}" if index else ""
         self._write(f"{self._label(node_id)}{where} {event.data.get('state', 'completed')}: {'  '.join(items)}")
         if self.session.graph.nodes[node_id].type == VIEWER_NODE:
-            for path in image_paths(self.services, self.session, node_id, outputs):
+            for path in image_paths(self.images, self.session, node_id, outputs):
                 if not (self.open_viewer and open_in_viewer(path)):
                     self._write(f"show_image: {path}")
 
     def describe_outputs(self, node_id: str, outputs: dict[str, Any]) -> list[tuple[str, str]]:
         described = []
         for name, value in outputs.items():
-            paths = output_images(self.services, self.session, node_id, name, value)
+            paths = output_images(self.images, self.session, node_id, name, value)
             if paths:
                 described.append((name, ",".join(str(p) for p in paths)))
             else:
@@ -148,12 +148,12 @@ class RunReporter:
         stream.flush()
 
 
-def output_images(services: Services, session: Session, node_id: str, name: str, value: Any) -> list[Path]:
+def output_images(images: ImageStore, session: Session, node_id: str, name: str, value: Any) -> list[Path]:
     """Stored files of an output whose pin type is image or list[image] (`any` pins narrowed too)."""
     tag = session.graph.output_tag(node_id, name)
     refs = [value] if tag == "image" else value if tag == "list[image]" and isinstance(value, list) else []
-    return [services.images.path(ref["image_name"]) for ref in refs if isinstance(ref, dict) and ref.get("image_name")]
+    return [images.path(ref["image_name"]) for ref in refs if isinstance(ref, dict) and ref.get("image_name")]
 
 
-def image_paths(services: Services, session: Session, node_id: str, outputs: dict[str, Any]) -> list[Path]:
-    return [path for name, value in outputs.items() for path in output_images(services, session, node_id, name, value)]
+def image_paths(images: ImageStore, session: Session, node_id: str, outputs: dict[str, Any]) -> list[Path]:
+    return [path for name, value in outputs.items() for path in output_images(images, session, node_id, name, value)]

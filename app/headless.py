@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from services.container import Services
+from services.stores.images import ImageStore
 from services.invoker import Invoker
 from services.engine.session import DONE_STATES, Session
 from services.stores.sessions import SessionFileError, read_session_file
@@ -54,14 +55,14 @@ def result_nodes(session: Session, everything: bool) -> list[str]:
     return [n for n in graph.order if everything or not graph.links_out[n]]
 
 
-def copy_images(services: Services, session: Session, nodes: list[str], out: Path) -> list[Path]:
+def copy_images(images: ImageStore, session: Session, nodes: list[str], out: Path) -> list[Path]:
     """Copy the nodes' images as NODE-TYPE.png, numbered NODE-TYPE-K.png where a node has several."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for node_id in nodes:
         node = session.graph.nodes[node_id]
         rows = [r for r in session.results.get(node_id, ()) if r.state in DONE_STATES and r.outputs]
-        sources = [path for row in rows for path in image_paths(services, session, node_id, row.outputs)]
+        sources = [path for row in rows for path in image_paths(images, session, node_id, row.outputs)]
         for number, source in enumerate(sources):
             target = out / (f"{node_id}-{node.type}-{number}.png" if len(sources) > 1 else f"{node_id}-{node.type}.png")
             shutil.copyfile(source, target)
@@ -71,7 +72,7 @@ def copy_images(services: Services, session: Session, nodes: list[str], out: Pat
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    invoker = Invoker(Services.local(), start=False)  # runs on this thread: no worker needed
+    invoker = Invoker(Services.local())
     for problem in invoker.plugin_errors:
         print(f"warning: {problem}", file=sys.stderr)
     try:
@@ -81,16 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         return BAD_INPUT
     invoker.add_session(loaded)
     invoker.add_session(session)
-    reporter = RunReporter(invoker.services, session, sys.stderr, sys.stderr, open_viewer=False)
-    token = invoker.services.events.subscribe(reporter, session.id)
+    reporter = RunReporter(invoker.images, session, sys.stderr, sys.stderr, open_viewer=False)
     try:
-        finished = invoker.run(session)
+        finished = invoker.run_and_wait(session, reporter)
     except KeyboardInterrupt:
         print("invoke-nodes run: interrupted", file=sys.stderr)
         return 130
     finally:
-        invoker.services.events.unsubscribe(token)
         reporter.close()
+        invoker.shutdown()
     if not finished:
         print("invoke-nodes run: canceled", file=sys.stderr)
         return NODE_FAILED
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"invoke-nodes run: node '{failure.node_id}' ({failure.node_type}) {failure.state}: {failure.reason}", file=sys.stderr)
         return NODE_FAILED
     try:
-        written = copy_images(invoker.services, session, result_nodes(session, args.all), Path(args.out))
+        written = copy_images(invoker.images, session, result_nodes(session, args.all), Path(args.out))
     except OSError as exc:
         print(f"invoke-nodes run: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return BAD_INPUT

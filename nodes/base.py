@@ -26,10 +26,13 @@ import sys
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import PydanticUndefined
+
+if TYPE_CHECKING:
+    from .context import InvocationContext
 
 SEED_MAX = 2**32 - 1
 RANDOM_SEED = -1  # a seed field holding this is replaced by a concrete random seed when the node is added
@@ -261,30 +264,6 @@ def _port(name: str, info: Any, output: bool = False) -> Port:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The context a node runs in (implemented by services; declared here so nodes can type it)
-
-
-class InvocationContext(Protocol):
-    session_id: str
-    node_id: str
-
-    @property
-    def images(self) -> Any: ...  # save(PIL.Image) -> ImageField, get(ImageField | str) -> PIL.Image
-
-    @property
-    def objects(self) -> Any: ...  # put(obj, kind) -> name, get(name)
-
-    @property
-    def models(self) -> Any: ...  # the model manager
-
-    def progress(self, step: int, total: int, message: str = "", preview: Any = None) -> None: ...
-
-    def is_canceled(self) -> bool: ...
-
-    def raise_if_canceled(self) -> None: ...
-
-
 class CanceledError(Exception):
     """Raised inside a node when its session was canceled."""
 
@@ -336,6 +315,9 @@ class BaseInvocation(BaseModel):
     tags: ClassVar[tuple[str, ...]] = ()
     fans_out: ClassVar[bool] = False  # invoke() returns a list: downstream nodes run once per item
     cacheable: ClassVar[bool] = True
+    # Runs in the AI worker process when the app has one: the node imports torch (or another
+    # library that must stay out of the GUI process) or loads models.
+    runs_in_worker: ClassVar[bool] = False
 
     node_type: ClassVar[str]
     output_class: ClassVar[type[BaseInvocationOutput]]
@@ -455,7 +437,7 @@ class BaseInvocation(BaseModel):
         """Extra data that makes the cached output stale (e.g. a source file's mtime)."""
         return None
 
-    def invoke(self, context: InvocationContext) -> BaseInvocationOutput:  # pragma: no cover
+    def invoke(self, context: "InvocationContext") -> BaseInvocationOutput:  # pragma: no cover
         raise NotImplementedError
 
 

@@ -5,6 +5,7 @@ import random
 from typing import Any, ClassVar, Literal
 
 from .base import BaseInvocation, BaseInvocationOutput, InputField, NodeInputError, OutputField, SeedField, list_item_tag
+from .context import InvocationContext
 
 
 class IntListOutput(BaseInvocationOutput):
@@ -20,7 +21,7 @@ class RangeInvocation(BaseInvocation):
     stop: int = InputField(10, description="Stop before this value")
     step: int = InputField(1, description="Step (not 0)")
 
-    def invoke(self, context) -> IntListOutput:
+    def invoke(self, context: InvocationContext) -> IntListOutput:
         if self.step == 0:
             raise NodeInputError("step", "must not be 0")
         return IntListOutput(collection=list(range(self.start, self.stop, self.step)))
@@ -36,7 +37,7 @@ class RandomRangeInvocation(BaseInvocation):
     size: int = InputField(4, ge=0, le=100_000, description="How many")
     seed: int = SeedField()
 
-    def invoke(self, context) -> IntListOutput:
+    def invoke(self, context: InvocationContext) -> IntListOutput:
         rng = random.Random(self.seed)
         low, high = sorted((self.low, self.high))
         return IntListOutput(collection=[rng.randint(low, high) for _ in range(self.size)])
@@ -61,7 +62,7 @@ class IterateInvocation(BaseInvocation):
         item = list_item_tag(input_tags.get("collection", ""))
         return {"item": item} if item else {}
 
-    def invoke(self, context) -> list[IterateOutput]:
+    def invoke(self, context: InvocationContext) -> list[IterateOutput]:
         total = len(self.collection)
         return [IterateOutput(item=item, index=i, total=total) for i, item in enumerate(self.collection)]
 
@@ -82,5 +83,5 @@ class CollectInvocation(BaseInvocation):
         item = input_tags.get("item")
         return {"collection": f"list[{item}]"} if item and item != "any" else {}
 
-    def invoke(self, context) -> CollectOutput:
+    def invoke(self, context: InvocationContext) -> CollectOutput:
         return CollectOutput(collection=list(self.item))

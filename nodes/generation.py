@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from .base import BaseInvocation, ImageField, InputField, NodeInputError, SeedField
+from .context import InvocationContext
 from .outputs import ImageOutput
 
 # Must match nodes.core.diffusion.SCHEDULERS (a test checks it).
@@ -19,6 +20,7 @@ class DiffusionInvocation(BaseInvocation):
     """Inputs every Stable Diffusion node shares (abstract: it has no `type`)."""
 
     category: ClassVar[str] = "generation"
+    runs_in_worker: ClassVar[bool] = True
     model: str = InputField(description="Main model: SD 1.x, SD 2.x or SDXL", kind="model", model_kind="main")
     vae: str | None = InputField(None, description="VAE to use instead of the model's own", kind="model", model_kind="vae")
     prompt: str = InputField("", description="What to draw", kind="prompt")
@@ -34,7 +36,7 @@ class DiffusionInvocation(BaseInvocation):
         return GenerationRequest(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                                  cfg_scale=self.cfg_scale, scheduler=self.scheduler, seed=self.seed, **extra)
 
-    def _model_info(self, context: Any, field: str, kind: str) -> Any:
+    def _model_info(self, context: InvocationContext, field: str, kind: str) -> Any:
         model_id = getattr(self, field)
         if not model_id:
             raise NodeInputError(field, f"choose a {kind} model")
@@ -43,18 +45,17 @@ class DiffusionInvocation(BaseInvocation):
         except KeyError as exc:
             raise NodeInputError(field, str(exc)) from None
 
-    def _generate(self, context: Any, request: Any, inpaint: bool = False) -> ImageOutput:
+    def _generate(self, context: InvocationContext, request: Any, inpaint: bool = False) -> ImageOutput:
         from .core.diffusion import Generator
 
         info = self._model_info(context, "model", "main")
         if info.variant == "inpaint" and not inpaint:
             raise NodeInputError("model", f"'{info.id}' is an inpainting model: use it in the inpaint node")
         ids = [info.id] + ([self._model_info(context, "vae", "vae").id] if self.vae else [])
-        manager = context.models
-        with manager.use(*ids) as loaded:
+        models = context.models
+        with models.use(*ids) as loaded:
             generator = Generator(loaded[0], info.base, vae=loaded[1] if self.vae else None,
-                                  compile_mode=getattr(manager, "compile_mode", "off"),
-                                  cache_dir=getattr(manager, "cache_dir", None))
+                                  compile_mode=models.compile_mode, cache_dir=models.cache_dir)
             images = generator.run(request, lambda step, total, preview: context.progress(step, total, "denoising", preview))
         return ImageOutput.of(context.images.save(images[0]), images[0])
 
@@ -75,7 +76,7 @@ class Txt2ImgInvocation(DiffusionInvocation):
     width: int = InputField(512, ge=64, le=4096, multiple_of=SIZE_STEP, description="Width in pixels")
     height: int = InputField(512, ge=64, le=4096, multiple_of=SIZE_STEP, description="Height in pixels")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         return self._generate(context, self._request(width=self.width, height=self.height))
 
 
@@ -86,7 +87,7 @@ class Img2ImgInvocation(DiffusionInvocation):
     image: ImageField = InputField(description="Image to start from")
     strength: float = InputField(0.75, ge=0.0, le=1.0, description="How much to change (0: nothing, 1: everything)")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         self._check_strength(self.strength)
         source = context.images.get(self.image)
         width, height = self._source_size(source)
@@ -101,7 +102,7 @@ class InpaintInvocation(DiffusionInvocation):
     mask: ImageField = InputField(description="Mask: white is redrawn, black is kept")
     strength: float = InputField(1.0, ge=0.0, le=1.0, description="How much the masked part changes")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         self._check_strength(self.strength)
         source = context.images.get(self.image)
         mask = context.images.get(self.mask)

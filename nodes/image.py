@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from .base import BaseInvocation, ImageField, InputField, NodeInputError, SeedField
+from .context import InvocationContext
 from .outputs import ImageOutput
 
 ResampleName = Literal["nearest", "bilinear", "bicubic", "lanczos"]
@@ -45,7 +46,7 @@ class LoadImageInvocation(BaseInvocation):
                 return None
         return None
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         if self.image_name:
             try:
                 image = context.images.get(self.image_name)
@@ -77,8 +78,8 @@ class SaveImageInvocation(BaseInvocation):
     folder: str = InputField("", description="Folder to write into (empty: the outputs folder's 'saved' folder)", kind="path")
     filename: str = InputField("", description="File name (empty: image-<n>.png, never overwriting)")
 
-    def invoke(self, context) -> ImageOutput:
-        folder = Path(self.folder).expanduser() if self.folder else Path(context.settings.outputs_dir) / "saved"
+    def invoke(self, context: InvocationContext) -> ImageOutput:
+        folder = Path(self.folder).expanduser() if self.folder else context.outputs_dir / "saved"
         folder.mkdir(parents=True, exist_ok=True)
         name = self.filename or _free_name(folder)
         if not name.lower().endswith(".png"):
@@ -104,7 +105,7 @@ class ShowImageInvocation(BaseInvocation):
     category: ClassVar[str] = "image"
     image: ImageField = InputField(description="Image to show")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         return ImageOutput.of(self.image, context.images.get(self.image))
 
 
@@ -117,7 +118,7 @@ class SolidColorInvocation(BaseInvocation):
     height: int = InputField(512, ge=1, le=16384, description="Height in pixels")
     color: str = InputField("#808080", description="Colour name or #rrggbb")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         return _stored(context, Image.new("RGB", (self.width, self.height), _color("color", self.color)))
 
 
@@ -131,7 +132,7 @@ class NoiseImageInvocation(BaseInvocation):
     scale: int = InputField(16, ge=1, le=1024, description="Size of a noise cell in pixels")
     seed: int = SeedField()
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         import numpy as np
 
         rng = np.random.default_rng(self.seed)
@@ -150,7 +151,7 @@ class ResizeInvocation(BaseInvocation):
     height: int = InputField(512, ge=1, le=16384, description="New height")
     resample: ResampleName = InputField("bicubic", description="Resampling filter")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         image = context.images.get(self.image)
         return _stored(context, image.resize((self.width, self.height), _RESAMPLE[self.resample]))
 
@@ -164,7 +165,7 @@ class ScaleInvocation(BaseInvocation):
     factor: float = InputField(2.0, ge=0.01, le=16, description="Scale factor")
     resample: ResampleName = InputField("bicubic", description="Resampling filter")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         image = context.images.get(self.image)
         size = (max(1, round(image.width * self.factor)), max(1, round(image.height * self.factor)))
         return _stored(context, image.resize(size, _RESAMPLE[self.resample]))
@@ -181,7 +182,7 @@ class CropInvocation(BaseInvocation):
     width: int = InputField(256, ge=1, le=16384, description="Width of the crop")
     height: int = InputField(256, ge=1, le=16384, description="Height of the crop")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         image = context.images.get(self.image)
         inside = 0 <= self.x and 0 <= self.y and self.x + self.width <= image.width and self.y + self.height <= image.height
         if not inside and image.mode != "RGBA":
@@ -202,7 +203,7 @@ class BlendInvocation(BaseInvocation):
     alpha: float = InputField(0.5, ge=0, le=1, description="How much of the top image")
     mode: BlendMode = InputField("normal", description="Blend mode")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         base = context.images.get(self.base).convert("RGB")
         top = context.images.get(self.top).convert("RGB").resize(base.size, Image.Resampling.BICUBIC)
         mixed = {
@@ -225,7 +226,7 @@ class PasteInvocation(BaseInvocation):
     x: int = InputField(0, description="Left edge")
     y: int = InputField(0, description="Top edge")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         base = context.images.get(self.base).copy()
         image = context.images.get(self.image)
         mask = None

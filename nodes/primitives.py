@@ -7,6 +7,7 @@ import random
 from typing import ClassVar, Literal
 
 from .base import BaseInvocation, InputField, NodeInputError, SeedField
+from .context import InvocationContext
 from .outputs import BoolOutput, FloatOutput, IntOutput, SeedOutput, StringOutput
 
 
@@ -17,7 +18,7 @@ class IntegerInvocation(BaseInvocation):
     category: ClassVar[str] = "primitives"
     value: int = InputField(0, description="The integer")
 
-    def invoke(self, context) -> IntOutput:
+    def invoke(self, context: InvocationContext) -> IntOutput:
         return IntOutput(value=self.value)
 
 
@@ -28,7 +29,7 @@ class FloatInvocation(BaseInvocation):
     category: ClassVar[str] = "primitives"
     value: float = InputField(0.0, description="The number")
 
-    def invoke(self, context) -> FloatOutput:
+    def invoke(self, context: InvocationContext) -> FloatOutput:
         return FloatOutput(value=self.value)
 
 
@@ -39,7 +40,7 @@ class StringInvocation(BaseInvocation):
     category: ClassVar[str] = "primitives"
     value: str = InputField("", description="The text", kind="prompt")
 
-    def invoke(self, context) -> StringOutput:
+    def invoke(self, context: InvocationContext) -> StringOutput:
         return StringOutput(value=self.value)
 
 
@@ -50,7 +51,7 @@ class BooleanInvocation(BaseInvocation):
     category: ClassVar[str] = "primitives"
     value: bool = InputField(False, description="The boolean")
 
-    def invoke(self, context) -> BoolOutput:
+    def invoke(self, context: InvocationContext) -> BoolOutput:
         return BoolOutput(value=self.value)
 
 
@@ -61,7 +62,7 @@ class SeedInvocation(BaseInvocation):
     category: ClassVar[str] = "primitives"
     seed: int = SeedField()
 
-    def invoke(self, context) -> SeedOutput:
+    def invoke(self, context: InvocationContext) -> SeedOutput:
         return SeedOutput(seed=self.seed)
 
 
@@ -74,7 +75,7 @@ class RandomIntInvocation(BaseInvocation):
     high: int = InputField(2**31 - 1, description="Largest value")
     seed: int = SeedField()
 
-    def invoke(self, context) -> IntOutput:
+    def invoke(self, context: InvocationContext) -> IntOutput:
         low, high = sorted((self.low, self.high))
         return IntOutput(value=random.Random(self.seed).randint(low, high))
 
@@ -101,7 +102,7 @@ class MathInvocation(BaseInvocation):
     a: int = InputField(0, description="First operand")
     b: int = InputField(0, description="Second operand")
 
-    def invoke(self, context) -> IntOutput:
+    def invoke(self, context: InvocationContext) -> IntOutput:
         value = _apply(self.operation, self.a, self.b)
         return IntOutput(value=math.floor(value) if self.operation == "div" else int(value))
 
@@ -115,7 +116,7 @@ class FloatMathInvocation(BaseInvocation):
     a: float = InputField(0.0, description="First operand")
     b: float = InputField(0.0, description="Second operand")
 
-    def invoke(self, context) -> FloatOutput:
+    def invoke(self, context: InvocationContext) -> FloatOutput:
         return FloatOutput(value=_apply(self.operation, self.a, self.b))
 
 
@@ -128,6 +129,6 @@ class StringJoinInvocation(BaseInvocation):
     second: str = InputField("", description="Text after", kind="prompt")
     separator: str = InputField(", ", description="Put between them (skipped when either is empty)")
 
-    def invoke(self, context) -> StringOutput:
+    def invoke(self, context: InvocationContext) -> StringOutput:
         parts = [p for p in (self.first, self.second) if p]
         return StringOutput(value=self.separator.join(parts))

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Iterator, Literal
 from PIL import Image
 
 from .base import BaseInvocation, ImageField, InputField, NodeInputError
+from .context import InvocationContext
 from .outputs import ImageOutput
 
 UPSCALER = "upscaler"  # model kinds, as nodes.core.restoration names them (not imported: no torch here)
@@ -15,7 +16,7 @@ FACE_RESTORE = "face_restore"
 
 
 @contextlib.contextmanager
-def _using_model(context: Any, model_id: str, kind: str) -> Iterator[Any]:
+def _using_model(context: InvocationContext, model_id: str, kind: str) -> Iterator[Any]:
     """The loaded spandrel descriptor for `model_id`, checked to be of `kind` before loading, and
     kept loaded (not evicted by another load) while the block runs."""
     if not model_id:
@@ -34,7 +35,7 @@ def _using_model(context: Any, model_id: str, kind: str) -> Iterator[Any]:
         yield descriptor
 
 
-def _stored(context: Any, image: Image.Image) -> ImageOutput:
+def _stored(context: InvocationContext, image: Image.Image) -> ImageOutput:
     return ImageOutput.of(context.images.save(image), image)
 
 
@@ -46,6 +47,7 @@ class UpscaleInvocation(BaseInvocation):
 
     type: Literal["upscale"] = "upscale"
     category: ClassVar[str] = "restoration"
+    runs_in_worker: ClassVar[bool] = True
     tags: ClassVar[tuple[str, ...]] = ("upscale", "esrgan", "super resolution")
     image: ImageField = InputField(description="Image to upscale")
     model: str = InputField(description="Upscaler model (Real-ESRGAN, ESRGAN, SwinIR, HAT, ...)",
@@ -54,7 +56,7 @@ class UpscaleInvocation(BaseInvocation):
     tile_size: int = InputField(512, ge=32, le=8192, description="Tile size in input pixels (smaller uses less memory)")
     tile_overlap: int = InputField(32, ge=0, le=1024, description="Overlap of neighbouring tiles, blended to hide seams")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         from .core.restoration import upscale_image
 
         if self.tile_overlap * 2 > self.tile_size:
@@ -81,6 +83,7 @@ class FaceRestoreInvocation(BaseInvocation):
 
     type: Literal["face_restore"] = "face_restore"
     category: ClassVar[str] = "restoration"
+    runs_in_worker: ClassVar[bool] = True
     tags: ClassVar[tuple[str, ...]] = ("face", "gfpgan", "restoreformer")
     image: ImageField = InputField(description="Image with faces, or one aligned face")
     model: str = InputField(description="Face restoration model (GFPGAN, RestoreFormer)",
@@ -91,7 +94,7 @@ class FaceRestoreInvocation(BaseInvocation):
         "retinaface_resnet50", description="Face detector; its weights are read from <models folder>/face_detection")
     max_faces: int = InputField(0, ge=0, le=100, description="Restore at most this many faces, largest score first (0: all)")
 
-    def invoke(self, context) -> ImageOutput:
+    def invoke(self, context: InvocationContext) -> ImageOutput:
         image = context.images.get(self.image)
         detector = None if self.aligned else self._detector(context)  # before a costly model load
         with _using_model(context, self.model, FACE_RESTORE) as descriptor:
@@ -113,7 +116,7 @@ class FaceRestoreInvocation(BaseInvocation):
 
         return blend_fidelity(restore_face(descriptor, face), face, self.fidelity)
 
-    def _restore_aligned(self, context, descriptor: Any, image: Image.Image) -> Image.Image:
+    def _restore_aligned(self, context: InvocationContext, descriptor: Any, image: Image.Image) -> Image.Image:
         context.progress(0, 1, "restoring the aligned face")
         restored = self._restore_one(descriptor, image)
         if restored.size != image.size:  # give back what came in: same size, mode kept

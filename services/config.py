@@ -39,6 +39,10 @@ class Settings:
     # torch.compile of the denoiser on CUDA: off | reduce-overhead | max-autotune-no-cudagraphs | default.
     # reduce-overhead is ~5x faster at 512px on an H100 but the first run compiles for about a minute.
     compile: str = "off"
+    # The API's executor: "in-process", or "worker" (models in a separate process, as the canvas does).
+    api_executor: str = "in-process"
+    # A node in the AI worker that reports nothing for this long is taken as hung: the worker is stopped.
+    worker_hang_s: float = 900.0
     ram_cache_gb: float = 6.0
     vram_cache_gb: float = 8.0
     recent_files: list[str] = field(default_factory=list)

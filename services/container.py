@@ -6,12 +6,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from services.engine.cache import MemoryOutputCache, OutputCache
+from services.executors.base import Executor
 from services.config import Settings
 from services.engine.events import EventBus, LocalEventBus
 from services.stores.images import DiskImageStore, ImageStore
 from services.stores.objects import MemoryObjectStore, ObjectStore
 from services.engine.queue import InvocationQueue, MemoryInvocationQueue
 from services.stores.sessions import DiskSessionStore, SessionStore
+
+
+IN_PROCESS, WORKER = "in-process", "worker"
+EXECUTOR_KINDS = (IN_PROCESS, WORKER)
 
 
 def _local_model_manager(settings: Settings) -> Any:
@@ -30,16 +35,44 @@ class Services:
     events: EventBus
     cache: OutputCache
     model_manager_factory: Callable[[Settings], Any] = _local_model_manager
+    executor_kind: str = IN_PROCESS
     _models: Any = field(default=None, repr=False)
     _models_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _executor: Executor | None = field(default=None, repr=False)
 
     @classmethod
-    def local(cls, settings: Settings | None = None) -> "Services":
+    def local(cls, settings: Settings | None = None, executor: str = IN_PROCESS) -> "Services":
+        """executor: "in-process" runs every node here; "worker" runs the nodes that declare
+        `runs_in_worker` in one AI worker process, so this process never imports torch."""
+        if executor not in EXECUTOR_KINDS:
+            raise ValueError(f"unknown executor '{executor}' (use one of: {', '.join(EXECUTOR_KINDS)})")
         settings = settings or Settings.load()
         settings.ensure_dirs()
         return cls(settings=settings, sessions=DiskSessionStore(settings.sessions_dir),
                    images=DiskImageStore(settings.outputs_dir), objects=MemoryObjectStore(),
-                   queue=MemoryInvocationQueue(), events=LocalEventBus(), cache=MemoryOutputCache())
+                   queue=MemoryInvocationQueue(), events=LocalEventBus(), cache=MemoryOutputCache(),
+                   executor_kind=executor)
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            with self._models_lock:
+                if self._executor is None:
+                    from services.executors.local import InProcessExecutor
+
+                    local = InProcessExecutor(self)
+                    if self.executor_kind == WORKER:
+                        from services.executors.worker import WorkerExecutor
+
+                        self._executor = WorkerExecutor(self.settings, local)
+                    else:
+                        self._executor = local
+        return self._executor
+
+    def reset_models(self) -> None:
+        """Forget the model manager (settings changed); the next use scans again."""
+        with self._models_lock:
+            self._models = None
 
     @property
     def models(self) -> Any:
@@ -58,8 +91,6 @@ class Services:
                 continue
             if tag == "image" and not self.images.exists(value.get("image_name", "")):
                 return False
-            if tag == "latents" and not self.objects.exists(value.get("latents_name", "")):
-                return False
-            if tag == "conditioning" and not self.objects.exists(value.get("conditioning_name", "")):
+            if tag in ("latents", "conditioning") and not self.executor.objects_exist([value.get(f"{tag}_name", "")]):
                 return False
         return True

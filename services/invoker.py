@@ -1,29 +1,35 @@
 """The invoker: the one entry point apps use.  It creates, stores, forks and runs sessions on a
-background worker thread, with cancel and events (see services.events)."""
+background worker thread, with cancel and events (see services.engine.events), and answers what
+else apps need: images, models, settings, watching a session's events."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from nodes.discovery import PluginError, load_builtin_nodes, load_plugins
 
+from services.config import Settings
 from services.container import Services
-from services.engine.events import SESSION_CANCELED, Event
+from services.engine.events import SESSION_CANCELED, Callback, Event
 from services.engine.execution import SessionRun
 from services.engine.graph import Graph
 from services.lru import LRU
 from services.engine.queue import Job
 from services.engine.session import DONE_STATES, Session
+from services.models.manager import ModelInfo, UnrecognizedFile
+from services.stores.images import ImageStore
 from services.stores.sessions import SessionNotFoundError
 
 log = logging.getLogger(__name__)
 
 
-def load_all_nodes(services: Services) -> list[PluginError]:
+def load_all_nodes(plugins_dir: Path) -> list[PluginError]:
     """Register the built-in nodes and the user's plugins; broken plugins are returned, not raised."""
     load_builtin_nodes()
-    errors = load_plugins(services.settings.plugins_dir)
+    errors = load_plugins(plugins_dir)
     for error in errors:
         log.error("%s\n%s", error, error.traceback)
     return errors
@@ -32,13 +38,14 @@ def load_all_nodes(services: Services) -> list[PluginError]:
 class Invoker:
     def __init__(self, services: Services, *, start: bool = True) -> None:
         self.services = services
-        self.plugin_errors = load_all_nodes(services)
+        self.plugin_errors = load_all_nodes(services.settings.plugins_dir)
         # Sessions with queued or running jobs must stay the very objects the worker writes into;
         # the rest are only the recently used ones (the session store keeps everything on disk).
         self._running: dict[str, Session] = {}
         self._recent: LRU[str, Session] = LRU(256)
         self._cancel: dict[str, threading.Event] = {}
         self._pending: dict[str, int] = {}
+        self._finished: dict[str, bool] = {}  # session id -> its last run ended without a cancel
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         if start:
@@ -91,6 +98,69 @@ class Invoker:
                     by_key.setdefault(row.cache_key, []).append(row.outputs)
             for key, outputs in by_key.items():
                 self.services.cache.put(key, outputs)
+
+    def list_sessions(self, offset: int = 0, limit: int = 50) -> list[str]:
+        """Stored session ids, newest first."""
+        return self.services.sessions.list(offset, limit)
+
+    def read_session(self, session_id: str) -> Session:
+        """A stored session as it is on disk, without keeping it among the recently used ones."""
+        return self.services.sessions.get(session_id)
+
+    # --- what else apps need ------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def save_settings(self) -> None:
+        """Write the settings (OSError when they cannot be) and apply them to the next nodes."""
+        self.services.settings.save()
+        self.services.reset_models()
+        self.services.executor.settings_changed()
+
+    @property
+    def images(self) -> ImageStore:
+        return self.services.images
+
+    def list_models(self, kind: str | None = None) -> list[ModelInfo]:
+        """The models found in the models folders, asked where the models are loaded (the AI
+        worker, when there is one: this process never imports torch for it)."""
+        return self.services.executor.list_models(kind)
+
+    def unrecognized_models(self) -> list[UnrecognizedFile]:
+        return self.services.executor.unrecognized_models()
+
+    @contextlib.contextmanager
+    def watch(self, listener: Callback, session_id: str | None = None) -> Iterator[None]:
+        """Call `listener` with the events of one session (None: of every session) while the block runs.
+        Events arrive on the thread that runs the nodes."""
+        token = self.services.events.subscribe(listener, session_id)
+        try:
+            yield
+        finally:
+            self.services.events.unsubscribe(token)
+
+    def subscribe(self, listener: Callback, session_id: str | None = None) -> object:
+        """Like watch(), for listeners that outlive a block (a window, a socket): returns the token."""
+        return self.services.events.subscribe(listener, session_id)
+
+    def unsubscribe(self, token: object) -> None:
+        self.services.events.unsubscribe(token)
+
+    def run_and_wait(self, session: Session, listener: Callback | None = None, run_all: bool = True) -> bool:
+        """Run a session and wait for it to end, `listener` receiving its events; False when it was
+        canceled.  Ctrl-C cancels the run, waits for the node to stop, then raises KeyboardInterrupt."""
+        with self.watch(listener, session.id) if listener is not None else contextlib.nullcontext():
+            self.invoke(session, run_all)
+            try:
+                while not self.wait(session.id, 0.2):
+                    pass
+            except KeyboardInterrupt:
+                self.cancel(session.id)
+                self.wait(session.id, 30)
+                raise
+        return self._finished.pop(session.id, True)
 
     # --- running -----------------------------------------------------------------------------
 
@@ -151,11 +221,13 @@ class Invoker:
             self._thread.start()
 
     def shutdown(self, timeout: float = 5.0) -> None:
+        """Cancel what runs, stop the worker thread and the executor (the AI worker process ends)."""
         for session_id in list(self._pending):
             self.cancel(session_id)
         self.services.queue.close()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.services.executor.shutdown()
 
     def _work(self) -> None:
         queue = self.services.queue
@@ -169,7 +241,7 @@ class Invoker:
                 session = self.get_session(job.session_id)
                 with self._cond:
                     cancel = self._cancel.setdefault(job.session_id, threading.Event())
-                SessionRun(self.services, session, cancel).run(job.run_all)
+                self._finished[job.session_id] = SessionRun(self.services, session, cancel).run(job.run_all)
                 self.services.sessions.save(session)
             except SessionNotFoundError:
                 log.error("queued session %s no longer exists", job.session_id)

@@ -255,7 +255,7 @@ def test_failed_node_shows_error(ctl):
 def test_progress_events_update_one_node(ctl, invoker):
     """Progress from the invoker thread lands in the node's status; thumbnails from previews."""
     ctl.new_demo()
-    ctl.running_id = ctl.session.id
+    ctl.follow(ctl.session.id)
     from services.engine.events import NODE_PROGRESS, Event
 
     for step in range(1, 6):
@@ -385,21 +385,23 @@ def test_settings_persist(ctl, tmp_path):
     assert saved.models_dir == tmp_path / "models" and saved.theme == "light"
 
 
-def test_model_choices_without_a_manager_are_empty(ctl):
-    class Broken:
-        def list(self, kind=None):
-            raise RuntimeError("no models folder")
+def test_model_choices_arrive_from_the_invoker_in_the_background(ctl, invoker, monkeypatch):
+    header = json.dumps({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                         {"dtype": "F16", "shape": [320, 768], "data_offsets": [0, 0]}}).encode()
+    (invoker.settings.models_dir / "sd15.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    revision = ctl.revision
+    assert ctl.model_choices("main") == []  # asked now, on another thread: the render thread never waits
+    pump_until(ctl, lambda: ctl.revision > revision)  # the arrival re-syncs the view
+    assert ctl.model_choices("main") == ["sd15"] and ctl.model_choices("vae") == []
 
-    ctl.services._models = Broken()
-    assert ctl.model_choices("main") == []
-    ctl._models.clear()
+    def broken(kind=None):
+        raise RuntimeError("no models folder")
 
-    class Manager:
-        def list(self, kind=None):
-            return [{"id": "b"}, "a", type("Rec", (), {"id": "c"})()]
-
-    ctl.services._models = Manager()
-    assert ctl.model_choices("main") == ["a", "b", "c"]
+    monkeypatch.setattr(invoker, "list_models", broken)
+    revision = ctl.revision
+    ctl.refresh_models()
+    pump_until(ctl, lambda: ctl.revision > revision)
+    assert ctl.model_choices("main") == [] and "cannot list models: no models folder" in list(ctl.log)[-1]
 
 
 def test_viewer_image_and_export(ctl, tmp_path):
@@ -408,7 +410,7 @@ def test_viewer_image_and_export(ctl, tmp_path):
     name = ctl.status["show"].image_name
     assert ctl.load_image(name).size == (256, 256)
     assert ctl.export_image(name, tmp_path / "copy")  # ".png" is added
-    assert (tmp_path / "copy.png").read_bytes() == ctl.services.images.path(name).read_bytes()
+    assert (tmp_path / "copy.png").read_bytes() == ctl.invoker.images.path(name).read_bytes()
     assert ctl.load_image("missing.png") is None and "missing.png" in ctl.message
     assert not ctl.export_image(name, tmp_path / "no" / "such" / "dir.png") and ctl.message_is_error
 

@@ -32,7 +32,7 @@ def err_lines(shell: Shell) -> list[str]:
 
 def image_of(shell: Shell, node_id: str) -> Image.Image:
     name = shell.session.results[node_id][0].outputs["image"]["image_name"]
-    with Image.open(shell.services.images.path(name)) as image:
+    with Image.open(shell.invoker.images.path(name)) as image:
         image.load()
         return image
 
@@ -106,7 +106,7 @@ def test_pipe_auto_links_and_produces_real_images(shell):
     assert image_of(shell, "2").size == (10, 5)
     crop = image_of(shell, "3")
     assert crop.size == (4, 3) and crop.getpixel((0, 0))[:3] == (255, 0, 0)
-    stored = shell.services.images.path(shell.session.results["3"][0].outputs["image"]["image_name"])
+    stored = shell.invoker.images.path(shell.session.results["3"][0].outputs["image"]["image_name"])
     assert f"[3] crop completed: image={stored}  width=4  height=3" in out(shell).splitlines()
 
 
@@ -248,7 +248,7 @@ def test_model_options_complete_with_ids_the_model_manager_gives_only_when_asked
             asked.append(kind)
             return [SimpleNamespace(id="b-model"), SimpleNamespace(id="a-model"), SimpleNamespace(id="other")]
 
-    shell.services.model_manager_factory = lambda settings: Models()
+    shell.invoker.services.model_manager_factory = lambda settings: Models()
     assert shell.execute(f"help {node_type}") == OK and f"--{field} MODEL" in out(shell)
     assert asked == []  # help and the option list never touch the models folder
     assert shell.completions(f"{node_type} --{field} ", "") == ["a-model", "b-model", "other"]

@@ -45,7 +45,7 @@ def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozens
     """
     version = app_version()
     writer = WriteBehind(invoker)
-    hub = EventHub(invoker.services.events, writer.get)
+    hub = EventHub(invoker, writer.get)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

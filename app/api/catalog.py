@@ -38,8 +38,7 @@ def get_node(node_type: str) -> dict[str, Any]:
 def list_models(kind: str | None = Query(None, description="main, vae, upscaler, face_restore, ..."),
                 invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     try:
-        manager = invoker.services.models
-        items = manager.list(kind)
+        items = invoker.list_models(kind)
     except ImportError as exc:  # the model manager is optional at this layer: report, don't fail
         log.warning("model manager unavailable: %s", exc)
         return {"available": False, "error": f"model manager unavailable: {exc}", "items": []}

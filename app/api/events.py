@@ -99,14 +99,14 @@ class Connection:
 
 
 class EventHub:
-    """Bridges the engine's event bus (callbacks on the invoker thread) to sockets on the asyncio loop.
+    """Bridges the invoker's events (callbacks on the invoker thread) to sockets on the asyncio loop.
 
-    One bus subscription per watched session, shared by all its sockets; it is dropped when the
+    One invoker subscription per watched session, shared by all its sockets; it is dropped when the
     last socket leaves.
     """
 
-    def __init__(self, bus: Any, find_session: Any) -> None:
-        self.bus = bus
+    def __init__(self, invoker: Any, find_session: Any) -> None:
+        self.invoker = invoker
         self.find_session = find_session  # raises SessionNotFoundError
         self.loop: asyncio.AbstractEventLoop | None = None
         self._watchers: dict[str, set[Connection]] = {}
@@ -118,7 +118,7 @@ class EventHub:
         watchers.add(conn)
         conn.sessions.add(session_id)
         if session_id not in self._tokens:
-            self._tokens[session_id] = self.bus.subscribe(self._on_event, session_id=session_id)
+            self._tokens[session_id] = self.invoker.subscribe(self._on_event, session_id=session_id)
 
     def detach(self, conn: Connection, session_id: str) -> None:
         conn.sessions.discard(session_id)
@@ -128,7 +128,7 @@ class EventHub:
         watchers.discard(conn)
         if not watchers:
             del self._watchers[session_id]
-            self.bus.unsubscribe(self._tokens.pop(session_id))
+            self.invoker.unsubscribe(self._tokens.pop(session_id))
 
     def detach_all(self, conn: Connection) -> None:
         for session_id in [s for s, watchers in self._watchers.items() if conn in watchers]:
@@ -136,7 +136,7 @@ class EventHub:
 
     def close(self) -> None:
         for token in self._tokens.values():
-            self.bus.unsubscribe(token)
+            self.invoker.unsubscribe(token)
         self._tokens.clear()
         self._watchers.clear()
 

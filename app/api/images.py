@@ -43,19 +43,19 @@ def _open_upload(data: bytes) -> Image.Image:
              summary="Upload an image (multipart field `file`; larger than the server's upload limit: 413)")
 def upload_image(file: UploadFile = File(...), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     image = _open_upload(file.file.read())
-    field = invoker.services.images.save(image)
+    field = invoker.images.save(image)
     return {"image_name": field.image_name, "width": image.width, "height": image.height}
 
 
 @router.get("/", response_model=ImagePage, summary="List image names, newest first")
 def list_images(offset: int = Query(0, ge=0, le=1_000_000), limit: int = Query(50, ge=1, le=500),
                 invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
-    names = invoker.services.images.list(offset, limit + 1)
+    names = invoker.images.list(offset, limit + 1)
     return {"items": names[:limit], "offset": offset, "limit": limit, "has_more": len(names) > limit}
 
 
 def _existing(invoker: Any, image_name: str) -> Any:
-    store = invoker.services.images
+    store = invoker.images
     if not store.exists(image_name):
         raise ImageNotFoundError(image_name)
     return store

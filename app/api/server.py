@@ -16,6 +16,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
                         help=f"require this token on every request and socket (default: ${TOKEN_ENV})")
     parser.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted request body (default 32 MiB)")
+    parser.add_argument("--executor", choices=("in-process", "worker"), default=None,
+                        help="where generation nodes run: this process, or a separate AI worker process "
+                             "(default: the api_executor setting, in-process)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return parser.parse_args(argv)
 
@@ -44,13 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         print(warning, file=sys.stderr)
     import uvicorn
 
+    from services.config import Settings
     from services.container import Services
     from services.invoker import Invoker
 
     from .app import create_app
     from .guard import LOOPBACK_HOSTS
 
-    invoker = Invoker(Services.local())
+    settings = Settings.load()
+    invoker = Invoker(Services.local(settings, executor=args.executor or settings.api_executor))
     for error in invoker.plugin_errors:
         print(f"warning: {error}", file=sys.stderr)
     app = create_app(invoker, token=args.token, allowed_hosts=LOOPBACK_HOSTS if loopback else None,

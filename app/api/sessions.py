@@ -54,13 +54,12 @@ def create_session(graph: GraphModel | None = Body(None), invoker: Any = Depends
 @router.get("/", response_model=SessionPage, summary="List sessions, newest first")
 def list_sessions(request: Request, offset: int = Query(0, ge=0, le=1_000_000), limit: int = Query(50, ge=1, le=200),
                   invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
-    store = invoker.services.sessions
-    ids = store.list(offset, limit + 1)  # one more than asked tells whether another page exists
+    ids = invoker.list_sessions(offset, limit + 1)  # one more than asked tells whether another page exists
     items = []
     for session_id in ids[:limit]:
         try:
-            # The store, not the invoker: listing must not push the sessions in use out of its cache.
-            session = request.app.state.writer.pending(session_id) or store.get(session_id)
+            # read_session: listing must not push the sessions in use out of the invoker's cache.
+            session = request.app.state.writer.pending(session_id) or invoker.read_session(session_id)
         except (SessionNotFoundError, ValueError) as exc:  # deleted meanwhile, or a corrupt file
             items.append({"id": session_id, "error": str(exc)})
             continue

@@ -16,6 +16,7 @@ import logging
 import queue
 import random
 import shutil
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from services.engine.events import (NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, 
                              SESSION_COMPLETED, Event)
 from services.engine.graph import Graph, GraphError, Link
 from services.engine.session import COMPLETED, DONE_STATES, PENDING, QUEUED, RUNNING, Session
+from services.invoker import Invoker
 from services.stores.sessions import SessionFileError, read_session_file, write_session_file
 
 from .demo import demo_graph, demo_positions
@@ -92,24 +94,10 @@ def has_image_output(cls: type[BaseInvocation]) -> bool:
     return any(p.tag == "image" for p in cls.outputs().values())
 
 
-def model_id(item: Any) -> str:
-    """A model manager entry as the id a model field stores (the manager may list strings,
-    dicts or records)."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict):
-        return str(item.get("id") or item.get("key") or item.get("name"))
-    for attr in ("id", "key", "name"):
-        if getattr(item, attr, None):
-            return str(getattr(item, attr))
-    return str(item)
-
-
 class CanvasController:
-    def __init__(self, invoker: Any) -> None:
+    def __init__(self, invoker: Invoker) -> None:
         self.invoker = invoker
-        self.services = invoker.services
-        self.settings = self.services.settings
+        self.settings = invoker.settings
         self.device = detect_device(getattr(self.settings, "device", "auto"))
         self.session: Session = Session()
         self.path: Path | None = None  # where Ctrl+S writes; None: ask
@@ -129,14 +117,26 @@ class CanvasController:
         self.log: deque[str] = deque(maxlen=LOG_MAX)
         self.log_total = 0  # lines ever logged: the view appends the ones it has not seen
         self._changed: set[str] = set()
-        self._models: dict[str | None, list[str]] = {}
-        self._events: queue.Queue[tuple[Event, Any, str | None]] = queue.Queue()
-        self._token = self.services.events.subscribe(self._on_event)
-        for error in getattr(invoker, "plugin_errors", ()):
+        self._models: list[Any] | None = None  # every model found; None until the first list arrives
+        self._models_asked = False
+        self._events: queue.Queue[tuple[Event | None, Any, str | None]] = queue.Queue()
+        self._token: object | None = None  # the subscription to the running session's events
+        for error in invoker.plugin_errors:
             self._log(f"plugin error: {error}")
 
     def close(self) -> None:
-        self.services.events.unsubscribe(self._token)
+        self._unwatch()
+
+    def follow(self, session_id: str) -> None:
+        """Receive the events of this session (the one being run) and of no other."""
+        self._unwatch()
+        self.running_id = session_id
+        self._token = self.invoker.subscribe(self._on_event, session_id)
+
+    def _unwatch(self) -> None:
+        if self._token is not None:
+            self.invoker.unsubscribe(self._token)
+            self._token = None
 
     # --- what there is to show --------------------------------------------------------------
 
@@ -188,17 +188,34 @@ class CanvasController:
         return f"{node_id}.{field}" in self.session.ui.get("randomize", [])
 
     def model_choices(self, model_kind: str | None) -> list[str]:
-        """Model ids the model manager finds for a model field.  Asked once per kind (the
-        manager module is torch-free; a missing or failing manager just means no choices)."""
-        if model_kind not in self._models:
+        """Model ids for a model field.  The list is asked of the invoker once, on a background
+        thread (the scan runs where the models load, never here): until it arrives there are no
+        choices, and its arrival re-syncs the view."""
+        if self._models is None:
+            self._ask_models()
+            return []
+        return sorted(m.id for m in self._models if model_kind is None or m.kind == model_kind)
+
+    def _ask_models(self) -> None:
+        if self._models_asked:
+            return
+        self._models_asked = True
+
+        def fetch() -> None:
+            models, problem = [], None
             try:
-                manager = self.services.models
-                items = manager.list(model_kind) if model_kind else manager.list()
-                self._models[model_kind] = sorted({model_id(m) for m in items})
-            except Exception as exc:  # noqa: BLE001 - no model manager yet, or a broken models folder
-                log.info("no models for %s: %s", model_kind, exc)
-                self._models[model_kind] = []
-        return self._models[model_kind]
+                models = self.invoker.list_models()
+            except Exception as exc:  # noqa: BLE001 - a broken models folder or worker just means no choices
+                log.warning("cannot list models", exc_info=True)
+                problem = f"cannot list models: {exc}"
+            self._events.put((None, models, problem))  # applied by pump() on the render thread
+
+        threading.Thread(target=fetch, name="list-models", daemon=True).start()
+
+    def refresh_models(self) -> None:
+        """Ask for the model list again (the models folder changed)."""
+        self._models_asked = False
+        self._ask_models()
 
     def take_changed(self) -> set[str]:
         """Nodes whose state, progress or thumbnail changed since the last call."""
@@ -358,6 +375,7 @@ class CanvasController:
                 self._set_state(node_id, QUEUED)
         self._log(f"run session {session.id[:8]} ({len(session.graph.nodes)} nodes)")
         self.say("Running...")
+        self.follow(session.id)
         self.invoker.invoke(session, run_all=True)
         return True
 
@@ -389,7 +407,7 @@ class CanvasController:
             elif event.type == NODE_COMPLETED and event.node_id in self._run_graph.nodes:
                 name = image_output_name(self._run_graph.nodes[event.node_id].cls, event.data.get("outputs"))
                 if name is not None:
-                    thumb = fit_rgba(self.services.images.get(name), THUMB)
+                    thumb = fit_rgba(self.invoker.images.get(name), THUMB)
         except Exception:  # noqa: BLE001 - a missing image must not lose the event
             log.warning("no thumbnail for %s", event.node_id, exc_info=True)
         self._events.put((event, thumb, name))
@@ -404,6 +422,12 @@ class CanvasController:
             except queue.Empty:
                 break
             handled += 1
+            if event is None:  # the model list arrived (see _ask_models): model combos re-sync
+                self._models = thumb
+                if name is not None:
+                    self._log(name)
+                self.revision += 1
+                continue
             self._apply(event, thumb, name)
         return handled
 
@@ -505,9 +529,9 @@ class CanvasController:
         self._switch(session)
         for node_id in session.graph.order:  # saved results: show their images again
             name = next((image_output_name(session.graph.nodes[node_id].cls, o) for o in session.outputs(node_id)), None)
-            if name is not None and self.services.images.exists(name):
+            if name is not None and self.invoker.images.exists(name):
                 self.status[node_id].image_name = name
-                self.status[node_id].thumb = fit_rgba(self.services.images.get(name), THUMB)
+                self.status[node_id].thumb = fit_rgba(self.invoker.images.get(name), THUMB)
         self.path, self.dirty = path, False
         self.say(message)
         self._log(message)
@@ -521,7 +545,7 @@ class CanvasController:
     def load_image(self, image_name: str) -> Any:
         """A stored image for the viewer, or None (reported) when it is gone or unreadable."""
         try:
-            return self.services.images.get(image_name)
+            return self.invoker.images.get(image_name)
         except (KeyError, OSError) as exc:
             self.report_error(f"Cannot open image {image_name}: {exc}")
             return None
@@ -532,7 +556,7 @@ class CanvasController:
         if target.suffix.lower() != ".png":
             target = target.with_suffix(".png")
         try:
-            shutil.copyfile(self.services.images.path(image_name), target)
+            shutil.copyfile(self.invoker.images.path(image_name), target)
         except (OSError, KeyError) as exc:
             self.report_error(f"Cannot save {target}: {getattr(exc, 'strerror', None) or exc}")
             return False
@@ -542,17 +566,18 @@ class CanvasController:
     def update_settings(self, *, models_dir: str | None = None, outputs_dir: str | None = None, theme: str | None = None) -> None:
         if models_dir is not None:
             self.settings.models_dir = Path(models_dir).expanduser()
-            self._models.clear()
         if outputs_dir is not None:
             self.settings.outputs_dir = Path(outputs_dir).expanduser()
         if theme is not None:
             self.settings.theme = theme
         if self._save_settings():
             self.say("Settings saved (a new outputs folder is used from the next start)")
+            if models_dir is not None:
+                self.refresh_models()
 
     def _save_settings(self) -> bool:
         try:
-            self.settings.save()
+            self.invoker.save_settings()
             return True
         except OSError as exc:
             self._refuse(f"Cannot save settings: {exc}")

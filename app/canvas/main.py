@@ -28,13 +28,15 @@ def main(argv: list[str] | None = None) -> int:
               "The other commands work without a display: invoke-nodes --help", file=sys.stderr)
         return 2
     # imported only now: the engine and Dear PyGui are not needed to print the message above
-    from services.container import Services
+    from services.container import WORKER, Services
     from services.invoker import Invoker
 
     from .controller import CanvasController
     from .view import CanvasView
 
-    invoker = Invoker(Services.local())
+    # Generation and restoration nodes run in the AI worker process: torch next to the window's
+    # OpenGL driver can crash it (Mesa and triton each bring an LLVM), and a crashing node must not.
+    invoker = Invoker(Services.local(executor=WORKER))
     controller = CanvasController(invoker)
     if not (args.file and controller.open(args.file)):
         opened_error = controller.message if args.file else None

@@ -1,65 +1,100 @@
-"""The context handed to a running node: images, objects, models, progress, cancel."""
+"""The context handed to a running node (nodes/context.py declares what nodes may use of it).
+
+Built by an executor from the stores of the process the node runs in; `report` carries progress
+to wherever the app listens (the event bus in-process, the pipe to the app from the AI worker).
+"""
 from __future__ import annotations
 
 import threading
-from typing import Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Callable
 
 from PIL import Image
 
 from nodes.base import CanceledError, ImageField
+from services.models.manager import ModelInfo, ModelManager
+from services.stores.images import ImageStore
+from services.stores.objects import ObjectStore
 
-from services.container import Services
-from services.engine.events import NODE_PROGRESS, Event
-from services.engine.session import Session
+Index = tuple[tuple[str, int], ...]
+# report(step, total, message, preview): where a node's progress goes
+ProgressReport = Callable[[int, int, str, Image.Image | None], None]
 
 
 class NodeImages:
     """Image access for one node: saved images embed the session graph and the node id."""
 
-    def __init__(self, services: Services, session: Session, node_id: str) -> None:
-        self._store = services.images
-        self._session = session
+    def __init__(self, store: ImageStore, session_id: str, node_id: str, graph: Callable[[], dict[str, Any] | None]) -> None:
+        self._store = store
+        self._session_id = session_id
         self._node_id = node_id
+        self._graph = graph
 
     def save(self, image: Image.Image) -> ImageField:
-        return self._store.save(image, session_id=self._session.id, node_id=self._node_id,
-                                graph=self._session.graph.to_dict())
+        return self._store.save(image, session_id=self._session_id, node_id=self._node_id, graph=self._graph())
 
     def get(self, ref: ImageField | str) -> Image.Image:
         return self._store.get(ref)
 
-    def path(self, ref: ImageField | str) -> Any:
-        return self._store.path(ref)
-
-    def export(self, ref: ImageField | str, destination: Any) -> None:
+    def export(self, ref: ImageField | str, destination: str | Path) -> None:
         self._store.export(ref, destination)
 
 
+class NodeModels:
+    """The model manager, narrowed to what nodes use."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    def get(self, model_id: str, kind: str | None = None) -> ModelInfo:
+        return self._manager.get(model_id, kind)
+
+    def use(self, *model_ids: str) -> AbstractContextManager[list[Any]]:
+        return self._manager.use(*model_ids)
+
+    def face_detector(self, name: str) -> Any:
+        return self._manager.face_detector(name)
+
+    @property
+    def compile_mode(self) -> str:
+        return self._manager.compile_mode
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._manager.cache_dir
+
+
 class NodeContext:
-    def __init__(self, services: Services, session: Session, node_id: str, cancel: threading.Event,
-                 index: tuple[tuple[str, int], ...] = ()) -> None:
-        self.services = services
-        self.session_id = session.id
+    def __init__(self, *, session_id: str, node_id: str, index: Index, images: ImageStore, objects: ObjectStore,
+                 models: Callable[[], ModelManager], outputs_dir: Path, graph: Callable[[], dict[str, Any] | None],
+                 report: ProgressReport, cancel: threading.Event) -> None:
+        self.session_id = session_id
         self.node_id = node_id
         self.index = index
-        self._session = session
+        self._images = images
+        self._objects = objects
+        self._models = models  # created on first use: only nodes that use models pay for the manager
+        self._outputs_dir = outputs_dir
+        self._graph = graph
+        self._report = report
         self._cancel = cancel
 
     @property
     def images(self) -> NodeImages:
-        return NodeImages(self.services, self._session, self.node_id)
+        return NodeImages(self._images, self.session_id, self.node_id, self._graph)
 
     @property
-    def objects(self) -> Any:
-        return self.services.objects
+    def objects(self) -> ObjectStore:
+        return self._objects
 
     @property
-    def models(self) -> Any:
-        return self.services.models
+    def models(self) -> NodeModels:
+        return NodeModels(self._models())
 
     @property
-    def settings(self) -> Any:
-        return self.services.settings
+    def outputs_dir(self) -> Path:
+        return Path(self._outputs_dir)
 
     def is_canceled(self) -> bool:
         return self._cancel.is_set()
@@ -71,9 +106,5 @@ class NodeContext:
     def progress(self, step: int, total: int, message: str = "", preview: Image.Image | None = None) -> None:
         """Report progress (and a preview image); raises CanceledError once the session is canceled,
         so a node that reports every step stops within one step."""
-        if self.services.events.wants(self.session_id):
-            data: dict[str, Any] = {"step": step, "total": total, "message": message, "index": self.index}
-            if preview is not None:
-                data["preview"] = preview
-            self.services.events.emit(Event(NODE_PROGRESS, self.session_id, self.node_id, data))
+        self._report(step, total, message, preview)
         self.raise_if_canceled()

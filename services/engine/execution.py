@@ -22,8 +22,8 @@ from nodes.base import BaseInvocation, CanceledError, NodeInputError
 
 from services.engine.cache import cache_key
 from services.container import Services
-from services.engine.context import NodeContext
-from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
+from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
+from services.executors.base import NodeCall, NodeFailedError
 from services.engine.graph import GraphNode, describe_validation_error
 from services.engine.session import (CACHED, CANCELED, COMPLETED, DONE_STATES, FAILED, RUNNING, SKIPPED, NodeResult, Session)
 
@@ -140,18 +140,16 @@ class SessionRun:
                         for i, out in enumerate(cached)]
         if self.listening():
             self.emit(NODE_STARTED, node.id, index=index)
-        context = NodeContext(self.services, self.session, node.id, self.cancel, index)
+        call = NodeCall(invocation, self.session.id, node.id, index, self.session.graph.to_dict)
         try:
-            result = invocation.invoke(context)
-            produced = result if cls.fans_out else [result]
-            if not isinstance(produced, list) or any(type(r) is not cls.output_class for r in produced):
-                raise TypeError(f"invoke returned {type(result).__name__}, expected {cls.output_class.__name__}")
-            outputs = [r.model_dump(mode="json") for r in produced]
+            outputs = self.services.executor.execute(call, functools.partial(self._progress, node.id, index), self.cancel)
         except CanceledError:
             return [NodeResult(node.id, CANCELED, index, error="canceled", seconds=time.perf_counter() - started)]
         except NodeInputError as exc:
             return [NodeResult(node.id, FAILED, index, error=f"node '{node.id}' ({cls.node_type}), field '{exc.field}': {exc}",
                                seconds=time.perf_counter() - started)]
+        except NodeFailedError as exc:  # the message already names the node and says what happened
+            return [NodeResult(node.id, FAILED, index, error=str(exc), seconds=time.perf_counter() - started)]
         except Exception as exc:  # a failing node marks itself failed; the worker goes on
             log.warning("node %s (%s) failed", node.id, cls.node_type, exc_info=True)
             return [NodeResult(node.id, FAILED, index, error=f"{type(exc).__name__}: {exc}",
@@ -167,6 +165,13 @@ class SessionRun:
         if not node.cls.fans_out:
             return index
         return tuple(sorted((*index, (node.id, item))))
+
+    def _progress(self, node_id: str, index: Index, step: int, total: int, message: str, preview: Any) -> None:
+        if self.listening():
+            data: dict[str, Any] = {"step": step, "total": total, "message": message, "index": index}
+            if preview is not None:
+                data["preview"] = preview
+            self.events.emit(Event(NODE_PROGRESS, self.session.id, node_id, data))
 
     def _alive(self, cls: type[BaseInvocation], outputs: dict[str, Any]) -> bool:
         tags = _reference_outputs(cls)

@@ -77,6 +77,16 @@ class ModelManager(ABC):
     @abstractmethod
     def rescan(self) -> None: ...
 
+    @property
+    @abstractmethod
+    def compile_mode(self) -> str:
+        """torch.compile mode for denoisers: off | reduce-overhead | max-autotune-no-cudagraphs | default."""
+
+    @property
+    @abstractmethod
+    def cache_dir(self) -> Path:
+        """Where compiled kernels and converted weights are kept."""
+
     @abstractmethod
     def face_detector(self, name: str) -> Any:
         """A loaded face detector (`detect(image)` -> faces).  Raises ModelNotFoundError saying where

@@ -1,0 +1,64 @@
+"""The executor interface: the invoker keeps sessions, ordering, fan-out, the cache and events,
+and hands each node's `invoke()` to an executor.  Everything that crosses it is plain data (node
+type and JSON values in; JSON outputs, progress and errors out), so an implementation may run the
+node in this process, in a child process, or on another machine (a Ray actor).
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from nodes.base import BaseInvocation
+from services.engine.context import Index, NodeContext, ProgressReport
+from services.models.manager import ModelInfo, UnrecognizedFile
+
+
+class NodeFailedError(Exception):
+    """A node could not finish for a reason outside it (its worker stopped or hung); the message is
+    written for the user and names the node."""
+
+
+@dataclass(frozen=True)
+class NodeCall:
+    """One node invocation: the validated node plus where its results belong."""
+
+    invocation: BaseInvocation
+    session_id: str
+    node_id: str
+    index: Index
+    graph: Callable[[], dict[str, Any] | None]  # the session's graph, for saved images to embed
+
+
+class Executor(ABC):
+    @abstractmethod
+    def execute(self, call: NodeCall, report: ProgressReport, cancel: threading.Event) -> list[dict[str, Any]]:
+        """Run one node and return its outputs as JSON data, one dict per item (one for a node that
+        does not fan out).  Raises CanceledError, NodeInputError, NodeFailedError, or what the node raised."""
+
+    @abstractmethod
+    def list_models(self, kind: str | None = None) -> list[ModelInfo]: ...
+
+    @abstractmethod
+    def unrecognized_models(self) -> list[UnrecognizedFile]: ...
+
+    @abstractmethod
+    def objects_exist(self, names: list[str]) -> bool:
+        """Are these object-store values (latents, conditioning) still held where nodes run?"""
+
+    def settings_changed(self) -> None:
+        """The user changed settings (models folder, device, ...): pick them up before the next node."""
+
+    def shutdown(self) -> None:
+        """Release what the executor holds (a worker process, loaded models)."""
+
+
+def invoke_node(invocation: BaseInvocation, context: NodeContext) -> list[dict[str, Any]]:
+    """Call `invoke` and check and dump what it returned (shared by every executor)."""
+    cls = type(invocation)
+    result = invocation.invoke(context)
+    produced = result if cls.fans_out else [result]
+    if not isinstance(produced, list) or any(type(r) is not cls.output_class for r in produced):
+        raise TypeError(f"invoke returned {type(result).__name__}, expected {cls.output_class.__name__}")
+    return [r.model_dump(mode="json") for r in produced]

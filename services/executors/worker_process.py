@@ -1,0 +1,202 @@
+"""The AI worker process's side of the pipe (see worker.py): runs nodes one at a time on its main
+thread with its own stores and model manager; a reader thread takes cancels, graph replies and
+questions (model lists) while a node runs.  It exits when the app's end of the pipe closes."""
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from PIL import Image
+
+from nodes.base import REGISTRY, CanceledError, NodeInputError
+from services.config import Settings
+
+log = logging.getLogger(__name__)
+
+PREVIEW_INTERVAL_S = 0.05  # at most ~20 previews a second per node
+PREVIEW_MAX_PX = 256
+PARENT_CHECK_S = 1.0
+
+
+def encode_preview(image: Image.Image) -> bytes:
+    """A small PNG of a preview: what crosses the pipe instead of the full image."""
+    small = image.copy()
+    small.thumbnail((PREVIEW_MAX_PX, PREVIEW_MAX_PX))
+    if small.mode not in ("RGB", "RGBA", "L"):
+        small = small.convert("RGB")
+    buffer = io.BytesIO()
+    small.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class _Pipe:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+
+class _Job:
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.message = message
+        self.cancel = threading.Event()
+        self.graph_replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+
+class WorkerState:
+    def __init__(self, conn: Any, settings: Settings) -> None:
+        from services.container import Services
+
+        self.pipe = _Pipe(conn)
+        self.services = Services.local(settings)
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.running: dict[int, _Job] = {}
+
+    # --- the reader thread ------------------------------------------------------------------------
+
+    def read(self) -> None:
+        while True:
+            try:
+                message = self.pipe.conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the app is gone: nothing is left to do
+            op = message["op"]
+            if op == "run":
+                job = _Job(message)
+                self.running[message["id"]] = job
+                self.jobs.put(job)
+            elif op == "cancel":
+                job = self.running.get(message["id"])
+                if job is not None:
+                    job.cancel.set()
+            elif op == "graph":
+                job = self.running.get(message["id"])
+                if job is not None:
+                    job.graph_replies.put(message["graph"])
+            elif op == "call":
+                threading.Thread(target=self.answer, args=(message,), daemon=True).start()
+            elif op == "stop":
+                self.jobs.put(None)
+                return
+
+    def answer(self, message: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"op": "reply", "id": message["id"]}
+        try:
+            reply["value"] = getattr(self, "call_" + message["method"])(*message["args"])
+        except Exception as exc:  # the asking side raises it again; only builtin types cross the pipe
+            reply["error"] = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            reply["error_type"] = KeyError if isinstance(exc, KeyError) else ValueError if isinstance(exc, ValueError) else RuntimeError
+        self.pipe.send(reply)
+
+    def call_list_models(self, kind: str | None) -> Any:
+        return self.services.models.list(kind)
+
+    def call_unrecognized_models(self) -> Any:
+        return self.services.models.unrecognized()
+
+    def call_objects_exist(self, names: list[str]) -> bool:
+        return all(self.services.objects.exists(name) for name in names)
+
+    def call_settings(self, settings: Settings) -> None:
+        from services.stores.images import DiskImageStore
+
+        services = self.services
+        if settings.outputs_dir != services.settings.outputs_dir:
+            services.images = DiskImageStore(settings.outputs_dir)
+        services.settings = settings
+        services.executor.settings_changed()  # a new model manager reads the new folders
+
+    # --- the main thread ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                self.run(job)
+            finally:
+                self.running.pop(job.message["id"], None)
+
+    def run(self, job: _Job) -> None:
+        from services.executors.base import NodeCall
+
+        message = job.message
+        request_id = message["id"]
+        try:
+            cls = _node_class(message["type"], message["module"])
+            invocation = cls.model_validate(message["values"])
+            call = NodeCall(invocation, message["session_id"], message["node_id"],
+                            tuple(tuple(pair) for pair in message["index"]), self._graph_asker(job))
+            outputs = self.services.executor.execute(call, self._reporter(request_id), job.cancel)
+        except CanceledError:
+            self.pipe.send({"op": "error", "id": request_id, "kind": "canceled"})
+        except NodeInputError as exc:
+            self.pipe.send({"op": "error", "id": request_id, "kind": "input", "field": exc.field, "message": str(exc)})
+        except Exception as exc:  # the node failed: the app shows the message, its log keeps the traceback
+            self.pipe.send({"op": "error", "id": request_id, "kind": "failed", "message": f"{type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc()})
+        else:
+            self.pipe.send({"op": "done", "id": request_id, "outputs": outputs})
+
+    def _graph_asker(self, job: _Job) -> Callable[[], Any]:
+        def graph() -> Any:
+            self.pipe.send({"op": "graph", "id": job.message["id"]})
+            return job.graph_replies.get()
+
+        return graph
+
+    def _reporter(self, request_id: int) -> Callable[[int, int, str, Image.Image | None], None]:
+        last_preview = 0.0
+
+        def report(step: int, total: int, message: str, preview: Image.Image | None) -> None:
+            nonlocal last_preview
+            encoded = None
+            now = time.monotonic()
+            if preview is not None and (now - last_preview >= PREVIEW_INTERVAL_S or step >= total):
+                encoded = encode_preview(preview)
+                last_preview = now
+            self.pipe.send({"op": "progress", "id": request_id, "step": step, "total": total, "message": message,
+                            "preview": encoded})
+
+        return report
+
+
+def _node_class(node_type: str, module: str) -> Any:
+    """The node class, importing the module that declares it when the worker has not loaded it
+    (nodes declared outside nodes/ and the plugin folder, e.g. in tests)."""
+    cls = REGISTRY.get(node_type)
+    if cls is None:
+        importlib.import_module(module)
+        cls = REGISTRY[node_type]
+    return cls
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """A second guard besides the pipe: exit when the app process is gone."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def serve(conn: Any, settings: Settings, parent_pid: int) -> None:
+    """The worker process's entry point."""
+    from services.invoker import load_all_nodes
+
+    logging.basicConfig(level=logging.WARNING, format="ai-worker: %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    load_all_nodes(settings.plugins_dir)
+    state = WorkerState(conn, settings)
+    threading.Thread(target=state.read, name="pipe-reader", daemon=True).start()
+    state.serve()
