@@ -4,7 +4,9 @@ unsubscribe, bad messages and the token."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import re
 import threading
 import time
 
@@ -15,7 +17,7 @@ import uvicorn
 from PIL import Image
 
 from app.api.app import create_app
-from app.api.launch import api_server, free_port
+from app.api.launch import REPO_ROOT, api_server, free_port
 from tests.test_api import SLOW_PLUGIN, _wait_idle, create, events_until, subscribe
 
 PATH = "/ws/socket.io"
@@ -107,8 +109,22 @@ def test_bad_subscriptions_are_answered_with_errors(http, server):
             reply = client.call("subscribe_session", data, timeout=10)
             assert reply["type"] == "error" and reply["session_id"] == session_id and words in reply["message"], reply
         reply = client.call("unsubscribe_session", ["x"], timeout=10)
-        assert reply["type"] == "error" and '{"session": "<id>"}' in reply["message"]
+        assert reply == {"type": "error", "session_id": None, "message": '"session" must be a session id string'}
         sio_subscribe(client, sid)  # the connection is still usable
+
+
+def test_readme_event_examples_run_as_written(server):
+    readme = (REPO_ROOT / "README.md").read_text("utf-8")
+    section = readme[readme.index("### Live events"):readme.index("## Benchmarks")]
+    setup, plain, socket_io = re.findall(r"```python\n(.*?)```", section, re.S)
+    address = server.base_url.removeprefix("http://")
+    for example in (plain, socket_io):
+        namespace: dict = {}
+        exec(setup.replace("127.0.0.1:9090", address), namespace)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(example.replace("127.0.0.1:9090", address), namespace)
+        assert printed.getvalue().splitlines() == ["node_started noise", "node_completed noise", "session_completed None"]
 
 
 def test_socketio_needs_the_token_like_every_route(tmp_path):

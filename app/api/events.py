@@ -1,5 +1,5 @@
-"""Live session events, the same on both transports: a plain WebSocket at ``/api/v1/events``
-(app/api/websocket.py) and Socket.IO at ``/ws/socket.io`` (app/api/socket_io.py).
+"""Live session events, the same on both transports: a plain WebSocket at ``/api/v1/events`` and
+Socket.IO at ``/ws/socket.io``.
 
 Each event is one JSON object::
 

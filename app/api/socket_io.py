@@ -3,9 +3,9 @@
 A client emits ``subscribe_session`` / ``unsubscribe_session`` with ``{"session": "<id>"}``; the
 server puts its socket in (takes it out of) the session's room and acknowledges with the plain
 socket's reply: ``{"type": "subscribed" | "unsubscribed", "session_id": "<id>"}`` or
-``{"type": "error", "message": "...", "session_id": ...}``.  Events (app/api/events.py) arrive as
-Socket.IO events named after their type (``node_started``, ...), each with the same object as the
-plain WebSocket sends.  Wait for the subscribe acknowledgement before invoking.
+``{"type": "error", "message": "...", "session_id": ...}``.  Events arrive as Socket.IO events
+named after their type (``node_started``, ...), each with the same object as the plain WebSocket
+sends.  Wait for the subscribe acknowledgement before invoking.
 """
 from __future__ import annotations
 
@@ -45,8 +45,7 @@ class SocketIOEvents:
         session_id = _session_of(data)
         error = self.hub.check(session_id, '"session"')
         if error is not None:
-            return {"type": "error", "session_id": session_id if isinstance(session_id, str) else None,
-                    "message": error}
+            return _error(session_id, error)
         await self.server.enter_room(sid, session_id)
         if session_id not in self._watched:
             self._watched.add(session_id)
@@ -56,8 +55,8 @@ class SocketIOEvents:
     async def _unsubscribe(self, sid: str, data: Any) -> dict[str, Any]:
         session_id = _session_of(data)
         if not isinstance(session_id, str):
-            return {"type": "error", "session_id": None, "message": 'send {"session": "<id>"}'}
-        await self._leave(sid, session_id)
+            return _error(session_id, self.hub.check(session_id, '"session"'))
+        await self._leave(sid, session_id)  # always allowed, also for a session deleted meanwhile
         return {"type": "unsubscribed", "session_id": session_id}
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
@@ -86,7 +85,7 @@ class SocketIOEvents:
                 log.exception("Socket.IO emit of %s failed", message["type"])
 
     async def close(self) -> None:
-        """Disconnect the clients and stop the pump (server shutdown)."""
+        """Stop the pump and Socket.IO's background tasks (server shutdown)."""
         if self._pump is not None:
             self._pump.cancel()
         await self.server.shutdown()
@@ -94,3 +93,8 @@ class SocketIOEvents:
 
 def _session_of(data: Any) -> Any:
     return data.get("session") if isinstance(data, dict) else None
+
+
+def _error(session_id: Any, message: str | None) -> dict[str, Any]:
+    return {"type": "error", "session_id": session_id if isinstance(session_id, str) else None,
+            "message": message}

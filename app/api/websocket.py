@@ -5,7 +5,7 @@ Messages are JSON text frames.  Client to server::
     {"action": "subscribe",   "session_id": "<id>"}
     {"action": "unsubscribe", "session_id": "<id>"}
 
-Server to client: the events (app/api/events.py) of the subscribed sessions, and the replies::
+Server to client: the events of the subscribed sessions, and the replies::
 
     {"type": "subscribed",   "session_id": "<id>"}          # events of that session follow
     {"type": "unsubscribed", "session_id": "<id>"}
