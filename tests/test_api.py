@@ -17,10 +17,10 @@ from PIL import Image
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from app.api.events import QUEUE_LIMIT, Connection
 from app.api.launch import api_server
 from app.api.persist import WriteBehind
 from app.api.server import parse_args, startup_warning
+from app.api.websocket import QUEUE_LIMIT, Connection
 
 # A plugin node dropped into the server's plugin folder: it must reach the API with no API code,
 # and it reports progress with a preview every step (so progress and cancel can be watched).
@@ -461,10 +461,9 @@ def test_a_client_that_does_not_read_is_disconnected_not_buffered():
     async def scenario():
         socket = StuckSocket()
         conn = Connection(socket)
-        conn.sessions.add("s")
         for n in range(QUEUE_LIMIT + 5):
             conn.push(json.dumps({"n": n}))
-        assert conn.sessions == set() and conn.queue.qsize() == 1
+        assert conn.closing and conn.queue.qsize() == 1
         await asyncio.wait_for(conn.pump(), 5)
         return socket
 

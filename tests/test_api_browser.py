@@ -1,5 +1,5 @@
 """/static/test.html in headless Chromium: it creates a session from its graph, invokes it, lists the
-events from the socket and shows the resulting image, against a real API server."""
+events from the plain WebSocket or Socket.IO and shows the resulting image, against a real API server."""
 from __future__ import annotations
 
 import io
@@ -17,9 +17,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_page_runs_a_graph_and_shows_events_and_image(tmp_path):
+@pytest.mark.parametrize(("transport", "token"), [("websocket", None), ("socketio", None), ("socketio", "s3cret")])
+def test_page_runs_a_graph_and_shows_events_and_image(tmp_path, transport, token):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
-    with api_server(tmp_path / "root") as server, sync_api.sync_playwright() as playwright:
+    with api_server(tmp_path / "root", token=token) as server, sync_api.sync_playwright() as playwright:
         # The system chromium, never a downloaded one; a fresh profile each run.
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -27,7 +28,10 @@ def test_page_runs_a_graph_and_shows_events_and_image(tmp_path):
             page = context.new_page()
             page_errors: list[str] = []
             page.on("pageerror", lambda error: page_errors.append(str(error)))
-            page.goto(server.base_url + "/static/test.html")
+            socket_io_requests: list[str] = []
+            page.on("request", lambda request: "/ws/socket.io/" in request.url and socket_io_requests.append(request.url))
+            page.goto(f"{server.base_url}/static/test.html?transport={transport}" + (f"&token={token}" if token else ""))
+            assert page.input_value("#transport") == transport
             page.click("#run")
             page.wait_for_function("document.getElementById('status').textContent !== 'running'", timeout=30_000)
             events = page.locator("#events li").all_inner_texts()
@@ -43,7 +47,8 @@ def test_page_runs_a_graph_and_shows_events_and_image(tmp_path):
             assert size == [256, 192]  # 128x96 noise scaled by 2
             name = page.get_attribute("#result", "data-image-name")
             assert page_errors == []
+            assert bool(socket_io_requests) == (transport == "socketio")  # the events came the chosen way
         finally:
             context.close()
-        image = Image.open(io.BytesIO(httpx.get(f"{server.base_url}/api/v1/images/{name}").content))
+        image = Image.open(io.BytesIO(httpx.get(f"{server.base_url}/api/v1/images/{name}", params={"token": token} if token else None).content))
         assert image.size == (256, 192)

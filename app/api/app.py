@@ -14,10 +14,9 @@ from fastapi.staticfiles import StaticFiles
 from app.main import app_version
 from nodes.base import REGISTRY
 
-from . import catalog, images, sessions
+from . import catalog, events, images, sessions, socket_io, websocket
 from .errors import ERROR_RESPONSES, install_error_handlers, json_body_is_storable
 from .events import EventHub
-from .events import __doc__ as EVENTS_DOC
 from .guard import Guard
 from .persist import WriteBehind
 from .schemas import Health, invocation_components, link_node_schemas
@@ -32,8 +31,8 @@ Every node type is in the schemas below (`AnyInvocation`, discriminated on `type
 to the engine or a plugin appears here by itself.  Errors are JSON: `{"error", "message", "node_id",
 "field", ...}`.
 
-## Live events: WebSocket `/api/v1/events`
-""" + "\n".join(line for line in (EVENTS_DOC or "").splitlines()[1:])
+## Live events
+""" + "\n\n".join(module.__doc__ or "" for module in (events, websocket, socket_io))
 
 
 def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozenset[str] | None = None,
@@ -46,10 +45,12 @@ def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozens
     version = app_version()
     writer = WriteBehind(invoker)
     hub = EventHub(invoker, writer.get)
+    socket_io_events = socket_io.SocketIOEvents(hub)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await socket_io_events.close()
         hub.close()
         writer.close()
 
@@ -69,8 +70,10 @@ def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozens
         return {"status": "ok", "version": version, "nodes": len(REGISTRY)}
 
     @app.websocket("/api/v1/events")
-    async def events(websocket: WebSocket) -> None:
-        await hub.serve(websocket)
+    async def event_socket(socket: WebSocket) -> None:
+        await websocket.serve(hub, socket)
+
+    app.mount(socket_io.MOUNT, socket_io_events.app)  # behind the Guard like every route
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
