@@ -34,6 +34,9 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # a frozen build starting the AI worker runs it here, then exits
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-V", "--version"):
         print(f"invoke-nodes {app_version()}")

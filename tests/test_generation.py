@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 
 from services.config import Settings
-from services.container import Services
+from services.container import IN_PROCESS, WORKER, Services
 from services.engine.events import NODE_PROGRESS
 from services.invoker import Invoker
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory) -> Services:
-    """One set of services for the module, so each tiny model is read from disk once."""
+@pytest.fixture(scope="module", params=[IN_PROCESS, WORKER])
+def services(tmp_path_factory, request) -> Services:
+    """One set of services per executor for the module, so each tiny model is read from disk once
+    (in-process, and once more in the AI worker process)."""
     from services.models import demo as demo_models
 
     root = tmp_path_factory.mktemp("gen")
@@ -30,7 +31,7 @@ def services(tmp_path_factory) -> Services:
     demo_models.write_tiny_sdxl_diffusers(models / "tiny-sdxl")
     settings = Settings(data_dir=root, config_dir=root / "config", models_dir=models, outputs_dir=root / "outputs",
                         sessions_dir=root / "sessions", plugins_dir=root / "plugins", device="cpu")
-    return Services.local(settings)
+    return Services.local(settings, executor=request.param)
 
 
 @pytest.fixture(scope="module")
