@@ -1,7 +1,10 @@
-"""Engine overhead: µs per trivial node through the invoker, and validation time of a big graph.
+"""Engine overhead: µs per trivial node through the invoker, and validation time of a big graph;
+the same trivial node crossing to the AI worker process, and a worker preview's trip to the canvas.
 
-Targets (issue 3): <= 50 µs per node over 10,000 nodes; < 0.5 s to validate a 10,000-node graph.
-Run: python bench/engine.py [--nodes 10000]
+Targets: <= 50 µs per node over 10,000 nodes; < 0.5 s to validate a 10,000-node graph (issue 3);
+<= 300 µs per node that crosses to the worker; <= 50 ms from a node's progress() in the worker to
+the canvas holding the preview's thumbnail (issue 11).
+Run: python bench/engine.py [--nodes 10000] [--worker-nodes 2000]
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_nodes  # noqa: E402,F401 - registers the bench nodes (the worker imports them by name)
+from app.canvas.thumbs import THUMB, fit_rgba  # noqa: E402
 from services.config import Settings  # noqa: E402
-from services.container import Services  # noqa: E402
+from services.container import WORKER, Services  # noqa: E402
 from services.engine.graph import Graph  # noqa: E402
 from services.invoker import Invoker  # noqa: E402
 
@@ -29,6 +34,14 @@ def chain_graph(count: int) -> dict:
     for i in range(2, count + 1):
         nodes.append({"id": str(i), "type": "math", "operation": "add", "b": 1})
         links.append({"from_node": str(i - 1), "from_field": "value", "to_node": str(i), "to_field": "a"})
+    return {"nodes": nodes, "links": links}
+
+
+def worker_chain(count: int) -> dict:
+    """integer -> bench_worker_add -> ...: every node but the first runs in the AI worker."""
+    nodes = [{"id": "1", "type": "integer", "value": 1}]
+    nodes += [{"id": str(i), "type": "bench_worker_add"} for i in range(2, count + 1)]
+    links = [{"from_node": str(i - 1), "from_field": "value", "to_node": str(i), "to_field": "a"} for i in range(2, count + 1)]
     return {"nodes": nodes, "links": links}
 
 
@@ -57,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker-nodes", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         os.environ["INVOKE_NODES_ROOT"] = root
@@ -111,6 +125,45 @@ def main() -> None:
         timed = best_of(args.repeats, on_worker, fresh_session)
         print(json.dumps({"case": "run_on_worker_thread", "nodes": args.nodes, **per_node(timed, args.nodes)}))
         invoker.shutdown()
+        worker_cases(args)
+
+
+def worker_cases(args: argparse.Namespace) -> None:
+    services = Services.local(Settings.load(), executor=WORKER)
+    invoker = Invoker(services, start=False)
+    data = worker_chain(args.worker_nodes)
+    warm = invoker.create_session(worker_chain(3))
+    assert invoker.run(warm) and warm.is_complete()  # the worker process is started outside the timing
+
+    def fresh_session():
+        services.cache.clear()
+        return invoker.create_session(data)
+
+    def run(session) -> None:
+        assert invoker.run(session)
+        assert session.results[str(args.worker_nodes)][0].outputs["value"] == args.worker_nodes
+
+    timed = best_of(args.repeats, run, fresh_session)
+    print(json.dumps({"case": "run_trivial_nodes_in_ai_worker", "nodes": args.worker_nodes,
+                      **per_node(timed, args.worker_nodes), "target_us": 300,
+                      "note": "each node: values to the worker, invoke there, outputs back (cpu: this process only)"}))
+
+    latencies: list[float] = []
+
+    def canvas_listener(event) -> None:  # what the canvas does on the invoker thread with a preview
+        if event.type == "node_progress" and "preview" in event.data:
+            fit_rgba(event.data["preview"], THUMB)
+            latencies.append(time.time() - float(event.data["message"]))
+
+    session = invoker.create_session({"nodes": [{"id": "p", "type": "bench_worker_previews", "steps": 40, "step_s": 0.1}]})
+    with invoker.watch(canvas_listener, session.id):
+        assert invoker.run(session)
+    latencies.sort()
+    print(json.dumps({"case": "worker_preview_to_canvas", "previews": len(latencies),
+                      "median_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+                      "max_ms": round(latencies[-1] * 1000, 2), "target_ms": 50,
+                      "note": "progress() with a 512x512 preview in the worker -> thumbnail ready in the app process"}))
+    invoker.shutdown()
 
 
 if __name__ == "__main__":

@@ -40,10 +40,12 @@ def xdisplay():
     proc.wait(10)
 
 
-def scenario(name: str, display: str, tmp_path: Path, timeout: float = 240) -> dict:
+def scenario(name: str, display: str, tmp_path: Path, timeout: float = 240, models: Path | None = None) -> dict:
     env = {**os.environ, "DISPLAY": display, "INVOKE_NODES_ROOT": str(tmp_path / "user"), "PYTHONPATH": str(ROOT)}
     for key in ("INVOKE_NODES_MODELS", "INVOKE_NODES_PLUGINS", "INVOKE_NODES_OUTPUTS"):
         env.pop(key, None)
+    if models is not None:
+        env["INVOKE_NODES_MODELS"] = str(models)
     done = subprocess.run([sys.executable, __file__, name, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, f"scenario {name} failed:\n{done.stdout}\n{done.stderr}"
@@ -114,6 +116,58 @@ def test_menus_progress_cancel_viewer_prompt(xdisplay, tmp_path):
     assert not report["torch"]
 
 
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory):
+    """The tiny demo models (a .pth upscaler among them), written by the app's own command."""
+    folder = tmp_path_factory.mktemp("models")
+    done = subprocess.run([sys.executable, "-m", "app.main", "make-demo-models", str(folder)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+NO_TORCH = ("torch", "torchvision", "triton", "diffusers", "spandrel")
+
+
+def test_generation_graph_runs_from_the_canvas_with_torch_only_in_the_worker(xdisplay, tmp_path, demo_models):
+    """txt2img -> upscale -> show_image on the demo models, opened from a file and run in the window
+    (on Mesa, torch in the canvas process would crash it: it must stay in the AI worker)."""
+    graph = {"nodes": [{"id": "gen", "type": "txt2img", "model": "tiny-sd1", "prompt": "a red cube", "steps": 12,
+                        "width": 64, "height": 64, "seed": 7},
+                       {"id": "up", "type": "upscale", "model": "tiny-upscaler-x4"},
+                       {"id": "show", "type": "show_image"}],
+             "links": [{"from_node": "gen", "from_field": "image", "to_node": "up", "to_field": "image"},
+                       {"from_node": "up", "from_field": "image", "to_node": "show", "to_field": "image"}]}
+    from nodes.discovery import load_builtin_nodes
+    from services.engine.graph import Graph
+    from services.engine.session import Session
+    from services.stores.sessions import write_session_file
+
+    load_builtin_nodes()
+    write_session_file(Session(Graph.from_dict(graph, strict=True)), tmp_path / "generate.json")
+    report = scenario("generate", xdisplay, tmp_path, models=demo_models)
+    assert report["states"] == {"gen": "completed", "up": "completed", "show": "completed"}
+    assert report["max_step"] == 12 and report["preview_while_running"]
+    assert report["loaded_modules"] == [] and report["worker_pid"] not in (None, report["pid"])
+    by_node = report["images_by_node"]
+    assert sorted(report["images"]) == sorted({by_node["gen"], by_node["up"]})  # show_image shows upscale's PNG
+    assert by_node["show"] == by_node["up"]
+    from PIL import Image
+
+    with Image.open(by_node["up"]) as image:
+        assert image.size == (256, 256)
+    preview = region(tmp_path / "generate.png", report["preview_rect"])
+    assert len(preview.getcolors(maxcolors=1 << 16) or range(300)) > 200  # the result is drawn, not blank
+
+
+def test_txt2img_from_the_palette_lists_models_without_torch(xdisplay, tmp_path, demo_models):
+    report = scenario("palette_model", xdisplay, tmp_path, models=demo_models)
+    assert report["palette_added"] == "txt2img"
+    assert report["main_models"] == ["tiny-sd1", "tiny-sd1-single"] and report["upscalers"] == ["tiny-upscaler-x4"]
+    assert "tiny-sd1" in report["combo_items"]
+    assert report["state"] == "completed" and report["loaded_modules"] == []
+
+
 def test_without_display_prints_reason(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["INVOKE_NODES_ROOT"] = str(tmp_path)
@@ -137,12 +191,12 @@ class Driver:
     def __init__(self, out: Path) -> None:
         from app.canvas.controller import CanvasController
         from app.canvas.view import CanvasView
-        from services.container import Services
+        from services.container import WORKER, Services
         from services.invoker import Invoker
 
         started = time.perf_counter()
         self.out = out
-        self.invoker = Invoker(Services.local())
+        self.invoker = Invoker(Services.local(executor=WORKER))  # as the app runs it
         self.c = CanvasController(self.invoker)
         self.c.new_demo()
         self.view = CanvasView(self.c, width=SIZE[0], height=SIZE[1])
@@ -386,6 +440,63 @@ def scenario_more(d: Driver) -> dict:
         d.frames(3)
         report["model_widget"] = view.nodes[gen].inputs["model"].widget is not None
     report["torch"] = "torch" in sys.modules
+    return report
+
+
+def scenario_generate(d: Driver) -> dict:
+    c, view = d.c, d.view
+    assert c.open(d.out / "generate.json"), c.message
+    d.frames(3)
+    c.run()
+    max_step, preview_while_running = 0, False
+    end = time.monotonic() + 180
+    while c.is_running or view.nodes["show"].texture is None:
+        if time.monotonic() > end:
+            raise TimeoutError(f"{c.message} {list(c.log)[-5:]}")
+        d.frames(1)
+        status = c.status["gen"]
+        if status.state == "running":
+            max_step = max(max_step, status.step)
+            preview_while_running |= view.nodes["gen"].texture is not None
+    d.frames(3)
+    d.screenshot("generate.png")
+    images = {node_id: str(c.invoker.images.path(c.status[node_id].image_name)) for node_id in ("gen", "up", "show")}
+    outputs = sorted(str(p) for p in c.invoker.settings.outputs_dir.rglob("*.png"))
+    return {"states": {n: s.state for n, s in c.status.items()}, "max_step": max_step,
+            "preview_while_running": preview_while_running, "images_by_node": images, "images": outputs,
+            "preview_rect": [d.dpg.get_item_rect_min(view.nodes["show"].image),
+                             d.dpg.get_item_rect_max(view.nodes["show"].image)],
+            "loaded_modules": [m for m in NO_TORCH if m in sys.modules], "pid": os.getpid(),
+            "worker_pid": c.invoker.services.executor.worker_pid}
+
+
+def scenario_palette_model(d: Driver) -> dict:
+    dpg, c, report = d.dpg, d.c, {}
+    c.delete(list(c.graph.nodes))
+    d.frames(2)
+    before = set(c.graph.nodes)
+    dpg.set_value(d.view.search, "txt2img")
+    d.view._fill_palette()
+    d.frames(3)
+    entry = next(i for i in _walk(dpg, d.view.palette_list) if dpg.get_item_user_data(i) == "txt2img")
+    x, y = d.center(entry)
+    d.xdo("mousemove", str(x), str(y))
+    d.xdo("click", "1", frames=6)
+    added = set(c.graph.nodes) - before
+    node_id = added.pop() if len(added) == 1 else None
+    report["palette_added"] = c.graph.nodes[node_id].type if node_id else None
+    d.until(lambda: c.model_choices("main") != [], timeout=120)  # listed by the AI worker, in the background
+    d.frames(3)
+    report["main_models"], report["upscalers"] = c.model_choices("main"), c.model_choices("upscaler")
+    report["combo_items"] = dpg.get_item_configuration(d.view.nodes[node_id].inputs["model"].widget)["items"]
+    for field, value in (("model", "tiny-sd1"), ("steps", 2), ("width", 64), ("height", 64)):
+        c.set_value(node_id, field, value)
+    d.frames(2)
+    c.run()
+    d.until(lambda: not c.is_running, timeout=180)
+    d.screenshot("palette_model.png")
+    report["state"] = c.status[node_id].state
+    report["loaded_modules"] = [m for m in NO_TORCH if m in sys.modules]
     return report
 
 

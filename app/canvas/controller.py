@@ -119,6 +119,7 @@ class CanvasController:
         self._changed: set[str] = set()
         self._models: list[Any] | None = None  # every model found; None until the first list arrives
         self._models_asked = False
+        self.models_version = 0  # bumped when a model list arrives: the view refills model combos
         self._events: queue.Queue[tuple[Event | None, Any, str | None]] = queue.Queue()
         self._token: object | None = None  # the subscription to the running session's events
         for error in invoker.plugin_errors:
@@ -426,6 +427,7 @@ class CanvasController:
                 self._models = thumb
                 if name is not None:
                     self._log(name)
+                self.models_version += 1
                 self.revision += 1
                 continue
             self._apply(event, thumb, name)

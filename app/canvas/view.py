@@ -61,7 +61,7 @@ class NodeItems:
     image: int | None = None
     texture: int | None = None
     state: str | None = None
-    snapshot: tuple = ()  # (values, linked, position) last drawn
+    snapshot: tuple = ()  # (values, linked, position, models_version) last drawn
 
 
 class CanvasView:
@@ -363,11 +363,7 @@ class CanvasView:
         elif spec.kind == "bool":
             widget = dpg.add_checkbox(label=pin.title, default_value=bool(value))
         elif spec.kind in ("combo", "model"):
-            choices = [str(v) for v in spec.choices] if spec.kind == "combo" else self.c.model_choices(spec.model_kind)
-            if spec.kind == "model" and not choices:
-                choices = [NO_MODELS]
-            if spec.optional:
-                choices = [NONE_CHOICE, *choices]
+            choices = self._combo_items(spec)
             widget = dpg.add_combo(choices, default_value=choices[0], **common)  # the value is set by _sync_node
         elif spec.kind == "multiline":
             widget = dpg.add_input_text(default_value=str(value or ""), multiline=True, height=64, label=pin.title,
@@ -387,15 +383,25 @@ class CanvasView:
         dpg.configure_item(widget, user_data=(node_id, pin.name, spec), callback=self._on_value)
         return widget, extra
 
+    def _combo_items(self, spec: Any) -> list[str]:
+        choices = [str(v) for v in spec.choices] if spec.kind == "combo" else self.c.model_choices(spec.model_kind)
+        if spec.kind == "model" and not choices:
+            choices = [NO_MODELS]
+        return [NONE_CHOICE, *choices] if spec.optional else choices
+
     def _sync_node(self, node_id: str) -> None:
-        """Bring one drawn node in line with the graph: values, which inputs are linked, position."""
+        """Bring one drawn node in line with the graph: values, which inputs are linked, position,
+        and the model lists (they arrive from the AI worker after the node is drawn)."""
         c, items = self.c, self.nodes[node_id]
         node = c.graph.nodes[node_id]
         linked = c.linked_inputs(node_id)
-        snapshot = (dict(node.values), linked, tuple(c.position(node_id)))
+        snapshot = (dict(node.values), linked, tuple(c.position(node_id)), c.models_version)
         if snapshot == items.snapshot:
             return
+        models_changed = not items.snapshot or items.snapshot[3] != c.models_version
         for name, inp in items.inputs.items():
+            if models_changed and inp.widget is not None and inp.spec.kind == "model":
+                dpg.configure_item(inp.widget, items=self._combo_items(inp.spec))
             is_linked = name in linked
             dpg.configure_item(inp.label, show=is_linked or inp.widget is None)
             if inp.widget is not None:
@@ -588,7 +594,7 @@ class CanvasView:
             pos = tuple(float(v) for v in dpg.get_item_pos(item))
             if items.snapshot and pos != items.snapshot[2]:
                 moved[node_id] = pos
-                items.snapshot = (*items.snapshot[:2], pos)
+                items.snapshot = (*items.snapshot[:2], pos, *items.snapshot[3:])
         self.c.selection = {dpg.get_item_user_data(n) for n in dpg.get_selected_nodes(self.editor)}
         if moved:
             self.c.move(moved)
