@@ -7,6 +7,7 @@ JSON line per case.  it/s counts denoising steps between the first and the last 
 
     python bench/txt2img.py            # on a CUDA GPU, fp16
     python bench/txt2img.py --smoke    # tiny model on the CPU: checks the script itself
+    python bench/txt2img.py --worker   # the node in this process vs in the AI worker process (as the canvas runs it)
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def drop_page_cache() -> bool:
 class NodeRunner:
     """Runs txt2img nodes through the real services and invoker, timing the progress events."""
 
-    def __init__(self, root: Path, models: Path, device: str, data_dir: Path) -> None:
+    def __init__(self, root: Path, models: Path, device: str, data_dir: Path, executor: str = "in-process") -> None:
         from services.config import Settings
         from services.container import Services
         from services.engine.events import NODE_PROGRESS
@@ -95,7 +96,7 @@ class NodeRunner:
         settings = Settings(data_dir=data_dir, config_dir=root / "config", models_dir=models, outputs_dir=root / "outputs",
                             sessions_dir=root / "sessions", plugins_dir=root / "plugins", device=device,
                             ram_cache_gb=32, vram_cache_gb=40)
-        self.services = Services.local(settings)
+        self.services = Services.local(settings, executor=executor)
         self.invoker = Invoker(self.services, start=False)
         self.progress_type = NODE_PROGRESS
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, few steps (checks the script)")
     parser.add_argument("--skip-large", action="store_true", help="skip the 1024x1024 and batch-4 cases")
     parser.add_argument("--large-only", action="store_true", help="only the 1024x1024 and batch-4 cases")
+    parser.add_argument("--worker", action="store_true",
+                        help="only: the node in this process vs in the AI worker process, eager and compiled")
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "invoke-nodes-bench",
                         help="app data folder; its cache keeps compiled kernels for the next run")
     args = parser.parse_args(argv)
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     # compiled kernels go where TORCHINDUCTOR_CACHE_DIR says, else into the app's cache folder
     kernel_dir = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or args.data_dir / "cache" / "torchinductor")
     kernels_cached = kernel_dir.is_dir()  # left by an earlier run
+    if args.worker:
+        worker_cases(root, models, device, args.data_dir, model, size, steps)
+        return 0
     runner = NodeRunner(root, models, device, args.data_dir)
     manager = runner.services.models
     loads = {"diffusers_folder": model} if args.smoke else {"diffusers_folder": model, "single_file": "sd15-random-single"}
@@ -207,6 +213,29 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_large:
         large_cases(runner, model, pipe, large, size, steps)
     return 0
+
+
+def worker_cases(root: Path, models: Path, device: str, data_dir: Path, model: str, size: int, steps: int) -> None:
+    """The txt2img node's it/s in this process and through the AI worker (issue 11: within 3%), for
+    each compile mode; the worker reads the compile mode when it starts, so each mode gets its own."""
+    for mode in ("off", COMPILE_MODE):
+        os.environ["INVOKE_NODES_COMPILE"] = mode
+        results = {}
+        for executor in ("in-process", "worker"):
+            runner = NodeRunner(root, models, device, data_dir, executor)
+            started = time.perf_counter()
+            runner.run(model, size, steps, 1, mode)  # load (and compile) outside the timing
+            first = time.perf_counter() - started
+            runs = [runner.run(model, size, steps, 1, mode) for _ in range(3)]
+            best = max(rate(stamps) for _, stamps, _ in runs)
+            results[executor] = (best, runs[0][0])
+            emit(f"node_{'eager' if mode == 'off' else 'compiled'}_{executor.replace('-', '_')}", size=size,
+                 it_per_s=best, runs_it_per_s=[rate(s) for _, s, _ in runs], first_run_seconds=round(first, 1))
+            runner.invoker.shutdown()
+        emit("worker_vs_in_process", compile_mode=mode,
+             ratio=round(results["worker"][0] / results["in-process"][0], 4),
+             identical_pixels=bool(np.array_equal(results["worker"][1], results["in-process"][1])),
+             psnr_db=psnr(results["worker"][1], results["in-process"][1]))
 
 
 def large_cases(runner: NodeRunner, model: str, pipe, large: int, size: int, steps: int) -> None:

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Any, Callable
 
 from PIL import Image
@@ -46,6 +47,39 @@ class _Pipe:
             self.conn.send(message)
 
 
+class _Outbox:
+    """The messages of running nodes, sent in order; previews are encoded on this thread, so the
+    node's loop only hands an image over.  A message sent while nothing waits goes out at once."""
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self.pipe = pipe
+        self.cond = threading.Condition()
+        self.items: deque[tuple[dict[str, Any], Image.Image | None]] = deque()
+        self.busy = False
+        threading.Thread(target=self._run, name="outbox", daemon=True).start()
+
+    def put(self, message: dict[str, Any], preview: Image.Image | None = None) -> None:
+        with self.cond:
+            if preview is None and not self.items and not self.busy:
+                self.pipe.send(message)
+                return
+            self.items.append((message, preview))
+            self.cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.items:
+                    self.cond.wait()
+                message, preview = self.items.popleft()
+                self.busy = True
+            if preview is not None:
+                message["preview"] = encode_preview(preview)
+            self.pipe.send(message)
+            with self.cond:
+                self.busy = False
+
+
 class _Job:
     def __init__(self, message: dict[str, Any]) -> None:
         self.message = message
@@ -58,6 +92,7 @@ class WorkerState:
         from services.container import Services
 
         self.pipe = _Pipe(conn)
+        self.outbox = _Outbox(self.pipe)
         self.services = Services.local(settings)
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.running: dict[int, _Job] = {}
@@ -140,18 +175,18 @@ class WorkerState:
                             tuple(tuple(pair) for pair in message["index"]), self._graph_asker(job))
             outputs = self.services.executor.execute(call, self._reporter(request_id), job.cancel)
         except CanceledError:
-            self.pipe.send({"op": "error", "id": request_id, "kind": "canceled"})
+            self.outbox.put({"op": "error", "id": request_id, "kind": "canceled"})
         except NodeInputError as exc:
-            self.pipe.send({"op": "error", "id": request_id, "kind": "input", "field": exc.field, "message": str(exc)})
+            self.outbox.put({"op": "error", "id": request_id, "kind": "input", "field": exc.field, "message": str(exc)})
         except Exception as exc:  # the node failed: the app shows the message, its log keeps the traceback
-            self.pipe.send({"op": "error", "id": request_id, "kind": "failed", "message": f"{type(exc).__name__}: {exc}",
-                            "traceback": traceback.format_exc()})
+            self.outbox.put({"op": "error", "id": request_id, "kind": "failed", "message": f"{type(exc).__name__}: {exc}",
+                             "traceback": traceback.format_exc()})
         else:
-            self.pipe.send({"op": "done", "id": request_id, "outputs": outputs})
+            self.outbox.put({"op": "done", "id": request_id, "outputs": outputs})
 
     def _graph_asker(self, job: _Job) -> Callable[[], Any]:
         def graph() -> Any:
-            self.pipe.send({"op": "graph", "id": job.message["id"]})
+            self.outbox.put({"op": "graph", "id": job.message["id"]})
             return job.graph_replies.get()
 
         return graph
@@ -161,13 +196,13 @@ class WorkerState:
 
         def report(step: int, total: int, message: str, preview: Image.Image | None) -> None:
             nonlocal last_preview
-            encoded = None
             now = time.monotonic()
             if preview is not None and (now - last_preview >= PREVIEW_INTERVAL_S or step >= total):
-                encoded = encode_preview(preview)
                 last_preview = now
-            self.pipe.send({"op": "progress", "id": request_id, "step": step, "total": total, "message": message,
-                            "preview": encoded})
+            else:
+                preview = None
+            self.outbox.put({"op": "progress", "id": request_id, "step": step, "total": total, "message": message,
+                             "preview": None}, preview)
 
         return report
 
