@@ -206,3 +206,35 @@ def test_upscale_in_the_worker_matches_in_process_pixel_for_pixel(user_root):
             invoker.shutdown()
     assert results[IN_PROCESS].shape == (64, 96, 3)
     assert np.array_equal(results[IN_PROCESS], results[WORKER])
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_api_server_with_the_worker_executor_runs_models_outside_its_process(tmp_path):
+    import httpx
+
+    from app.api.launch import api_server
+    from services.models.restoration_files import write_tiny_upscaler
+
+    root = tmp_path / "root"
+    write_tiny_upscaler(root / "models" / "tiny-x4.pth")  # INVOKE_NODES_ROOT holds the models folder
+    graph = {"nodes": [{"id": "n", "type": "noise_image", "width": 16, "height": 16, "seed": 1},
+                       {"id": "up", "type": "upscale", "model": "tiny-x4", "tile_size": 32, "tile_overlap": 8}],
+             "links": [{"from_node": "n", "from_field": "image", "to_node": "up", "to_field": "image"}]}
+    with api_server(root, extra_args=("--executor", "worker")) as server, \
+            httpx.Client(base_url=server.base_url + "/api/v1", timeout=30) as http:
+        models = http.get("/models/").json()["items"]
+        assert [m["id"] for m in models] == ["tiny-x4"]
+        session_id = http.post("/sessions/", json=graph).json()["id"]
+        assert http.put(f"/sessions/{session_id}/invoke").status_code in (200, 202)
+        deadline = time.monotonic() + 120
+        while (session := http.get(f"/sessions/{session_id}").json())["busy"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (result,) = session["results"]["up"]
+        assert result["state"] == COMPLETED, result
+        assert not _maps_torch(server.pid)  # the server never loaded torch ...
+        children = [int(pid) for task in Path(f"/proc/{server.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        assert any(_maps_torch(pid) for pid in children)  # ... its AI worker did
