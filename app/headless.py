@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from services.container import Services
+from services.container import EXECUTOR_KINDS, IN_PROCESS, Services
 from services.stores.images import ImageStore
 from services.invoker import Invoker
 from services.engine.session import DONE_STATES, Session
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="change an input value before running (repeatable)")
     parser.add_argument("--out", metavar="DIR", default="outputs",
                         help="folder the result images are copied into (default: ./outputs)")
+    parser.add_argument("--executor", choices=EXECUTOR_KINDS, default=IN_PROCESS,
+                        help="where generation nodes run: this process (default), or the AI worker process, "
+                             "where a crash fails the node instead of the run")
     parser.add_argument("--all", action="store_true",
                         help="copy every node's images, not only those of the last nodes of each branch")
     return parser
@@ -72,7 +75,7 @@ def copy_images(images: ImageStore, session: Session, nodes: list[str], out: Pat
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    invoker = Invoker(Services.local())
+    invoker = Invoker(Services.local(executor=args.executor))
     for problem in invoker.plugin_errors:
         print(f"warning: {problem}", file=sys.stderr)
     try:

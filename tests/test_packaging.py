@@ -154,6 +154,12 @@ def test_generates_with_torch_and_diffusers_on_the_cpu(app_exe, build_info, tmp_
         with Image.open(tmp_path / "out" / name) as image:
             assert image.size == size
             assert max(ImageStat.Stat(image.convert("RGB")).stddev) > 1  # random weights draw noise, not nothing
+    # the AI worker process of a frozen build is the program itself, started again (freeze_support)
+    result = frozen(app_exe, root, "run", str(graph), "--out", str(tmp_path / "worker"), "--executor", "worker")
+    assert result.returncode == 0, result.stderr
+    for name in expected:
+        with Image.open(tmp_path / "out" / name) as image, Image.open(tmp_path / "worker" / name) as worker:
+            assert ImageChops.difference(image.convert("RGB"), worker.convert("RGB")).getbbox() is None
 
 
 @pytest.mark.gui
