@@ -45,6 +45,20 @@ def worker_chain(count: int) -> dict:
     return {"nodes": nodes, "links": links}
 
 
+def chain_run(invoker: Invoker, data: dict, count: int):
+    """(set-up, timed run) for a chain whose last node holds `count`: a new session, cache emptied."""
+
+    def fresh_session():
+        invoker.services.cache.clear()
+        return invoker.create_session(data)
+
+    def run(session) -> None:
+        assert invoker.run(session)
+        assert session.results[str(count)][0].outputs["value"] == count
+
+    return fresh_session, run
+
+
 def best_of(repeats: int, fn, setup=lambda: None) -> tuple[float, float]:
     """(wall, cpu) seconds of the fastest repeat of fn(setup()); setup is not timed.  CPU time is
     reported too because on a shared 2-core machine wall time also counts other processes."""
@@ -90,14 +104,7 @@ def main() -> None:
         append = best_of(args.repeats, append_one_by_one, invoker.create_session)
         print(json.dumps({"case": "append_nodes", "nodes": args.nodes, **per_node(append, args.nodes)}))
 
-        def fresh_session():
-            services.cache.clear()
-            return invoker.create_session(data)
-
-        def run(session) -> None:
-            assert invoker.run(session)
-            assert session.results[str(args.nodes)][0].outputs["value"] == args.nodes
-
+        fresh_session, run = chain_run(invoker, data, args.nodes)
         timed = best_of(args.repeats, run, fresh_session)
         print(json.dumps({"case": "run_trivial_nodes", "nodes": args.nodes, **per_node(timed, args.nodes), "target_us": 50,
                           "note": "input validation, cache key, invoke, result records, events, final session save"}))
@@ -134,15 +141,7 @@ def worker_cases(args: argparse.Namespace) -> None:
     data = worker_chain(args.worker_nodes)
     warm = invoker.create_session(worker_chain(3))
     assert invoker.run(warm) and warm.is_complete()  # the worker process is started outside the timing
-
-    def fresh_session():
-        services.cache.clear()
-        return invoker.create_session(data)
-
-    def run(session) -> None:
-        assert invoker.run(session)
-        assert session.results[str(args.worker_nodes)][0].outputs["value"] == args.worker_nodes
-
+    fresh_session, run = chain_run(invoker, data, args.worker_nodes)
     timed = best_of(args.repeats, run, fresh_session)
     print(json.dumps({"case": "run_trivial_nodes_in_ai_worker", "nodes": args.worker_nodes,
                       **per_node(timed, args.worker_nodes), "target_us": 300,

@@ -246,6 +246,19 @@ class Driver:
             self.xdo("mousemove", str(x), str(y), frames=2)
         self.xdo("mouseup", "1", frames=6)
 
+    def add_from_palette(self, node_type: str) -> str | None:
+        """Search the palette for a node type and click its entry; the new node's id."""
+        before = set(self.c.graph.nodes)
+        self.dpg.set_value(self.view.search, node_type)
+        self.view._fill_palette()
+        self.frames(3)
+        entry = next(i for i in _walk(self.dpg, self.view.palette_list) if self.dpg.get_item_user_data(i) == node_type)
+        x, y = self.center(entry)
+        self.xdo("mousemove", str(x), str(y))
+        self.xdo("click", "1", frames=6)
+        added = set(self.c.graph.nodes) - before
+        return added.pop() if len(added) == 1 else None
+
     def screenshot(self, name: str) -> None:
         self.view.screenshot(self.out / name)
 
@@ -311,17 +324,8 @@ def scenario_gestures(d: Driver) -> dict:
     d.xdo("click", "1", frames=6)
     d.xdo("key", "Delete", frames=6)
     report["deleted"] = "show" not in c.graph.nodes and "show" not in d.view.nodes
-    # palette: open the primitives group and click "integer"
-    before = set(c.graph.nodes)
-    dpg.set_value(d.view.search, "integer")
-    d.view._fill_palette()
-    d.frames(3)
-    entry = next(i for i in _walk(dpg, d.view.palette_list) if dpg.get_item_user_data(i) == "integer")
-    x, y = d.center(entry)
-    d.xdo("mousemove", str(x), str(y))
-    d.xdo("click", "1", frames=6)
-    added = set(c.graph.nodes) - before
-    report["palette_added"] = c.graph.nodes[added.pop()].type if len(added) == 1 else None
+    node_id = d.add_from_palette("integer")
+    report["palette_added"] = c.graph.nodes[node_id].type if node_id else None
     d.screenshot("gestures_end.png")
     return report
 
@@ -474,16 +478,7 @@ def scenario_palette_model(d: Driver) -> dict:
     dpg, c, report = d.dpg, d.c, {}
     c.delete(list(c.graph.nodes))
     d.frames(2)
-    before = set(c.graph.nodes)
-    dpg.set_value(d.view.search, "txt2img")
-    d.view._fill_palette()
-    d.frames(3)
-    entry = next(i for i in _walk(dpg, d.view.palette_list) if dpg.get_item_user_data(i) == "txt2img")
-    x, y = d.center(entry)
-    d.xdo("mousemove", str(x), str(y))
-    d.xdo("click", "1", frames=6)
-    added = set(c.graph.nodes) - before
-    node_id = added.pop() if len(added) == 1 else None
+    node_id = d.add_from_palette("txt2img")
     report["palette_added"] = c.graph.nodes[node_id].type if node_id else None
     d.until(lambda: c.model_choices("main") != [], timeout=120)  # listed by the AI worker, in the background
     d.frames(3)
