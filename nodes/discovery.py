@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import importlib.util
 import pkgutil
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from .base import REGISTRY, BaseInvocation
 
-_NOT_NODE_MODULES = {"base", "outputs", "discovery"}
+_NOT_NODE_MODULES = {"base", "outputs", "discovery", "context"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,4 +62,13 @@ def load_plugins(folder: Path | str | None) -> list[PluginError]:
             for node_type in [t for t, cls in REGISTRY.items() if cls.__module__ == module_name]:
                 del REGISTRY[node_type]
             errors.append(PluginError(path.stem, str(path), f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    return errors
+
+
+def load_all_nodes(plugins_dir: Path) -> list[PluginError]:
+    """Register the built-in nodes and the user's plugins; broken plugins are returned, not raised."""
+    load_builtin_nodes()
+    errors = load_plugins(plugins_dir)
+    for error in errors:
+        log.error("%s\n%s", error, error.traceback)
     return errors

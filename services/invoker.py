@@ -6,10 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from nodes.discovery import PluginError, load_builtin_nodes, load_plugins
+from nodes.discovery import load_all_nodes
 
 from services.config import Settings
 from services.container import Services
@@ -24,15 +23,6 @@ from services.stores.images import ImageStore
 from services.stores.sessions import SessionNotFoundError
 
 log = logging.getLogger(__name__)
-
-
-def load_all_nodes(plugins_dir: Path) -> list[PluginError]:
-    """Register the built-in nodes and the user's plugins; broken plugins are returned, not raised."""
-    load_builtin_nodes()
-    errors = load_plugins(plugins_dir)
-    for error in errors:
-        log.error("%s\n%s", error, error.traceback)
-    return errors
 
 
 class Invoker:

@@ -227,7 +227,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 def serve(conn: Any, settings: Settings, parent_pid: int) -> None:
     """The worker process's entry point."""
-    from services.invoker import load_all_nodes
+    from nodes.discovery import load_all_nodes
 
     logging.basicConfig(level=logging.WARNING, format="ai-worker: %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()

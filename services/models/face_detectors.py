@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from nodes.core.face_detection import RetinaFace, RetinaFaceDetector
-
 from services.models.restoration_files import read_state_dict
 
 DETECTOR_DIR = "face_detection"
