@@ -13,14 +13,14 @@ from nodes.discovery import load_all_nodes
 from services.config import Settings
 from services.container import Services
 from services.engine.events import SESSION_CANCELED, Callback, Event
-from services.engine.execution import SessionRun
+from services.engine.execution import SessionRun, mark_stale
 from services.engine.graph import Graph
 from services.lru import LRU
 from services.engine.queue import Job
 from services.engine.session import DONE_STATES, Session
 from services.models.manager import ModelInfo, UnrecognizedFile
 from services.stores.images import ImageStore
-from services.stores.sessions import SessionNotFoundError
+from services.stores.sessions import SessionNotFoundError, read_session_file
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,16 @@ class Invoker:
         return self.add_session(Session(graph))
 
     def add_session(self, session: Session) -> Session:
-        """Keep (and store) a session made elsewhere: a fork, a clone, a loaded file."""
-        self._recent.put(session.id, session)
-        self._warm_cache(session)
+        """Keep (and store) a session made here: a fork, a clone, an edited copy."""
+        self._keep(session)
+        self.services.sessions.save(session)
+        return session
+
+    def open_session(self, path: str | Path) -> Session:
+        """Open a saved session (.json) or the graph in a PNG the app made, keep and store it.
+        Raises SessionFileError.  Results whose images are gone here are stale (see mark_stale)."""
+        session = read_session_file(path)
+        self._keep(session, reopened=True)
         self.services.sessions.save(session)
         return session
 
@@ -59,9 +66,20 @@ class Invoker:
         session = self._running.get(session_id) or self._recent.get(session_id)
         if session is None:
             session = self.services.sessions.get(session_id)
-            self._recent.put(session_id, session)
-            self._warm_cache(session)
+            self._keep(session, reopened=True)
         return session
+
+    def mark_stale(self, session: Session) -> list[str]:
+        """Mark the nodes whose results name images/objects that are gone, and the nodes after
+        them, stale; returns them.  Every run does this first; apps call it to show it before."""
+        return mark_stale(self.services, session)
+
+    def _keep(self, session: Session, *, reopened: bool = False) -> None:
+        self._recent.put(session.id, session)
+        # warm first: the live items of a stale fan-out node still serve its re-run from the cache
+        self._warm_cache(session)
+        if reopened:
+            mark_stale(self.services, session, reopened=True)
 
     def save(self, session: Session) -> None:
         self.services.sessions.save(session)

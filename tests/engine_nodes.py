@@ -1,4 +1,4 @@
-"""Test-only nodes that count their runs, fail on request or run until canceled."""
+"""Test-only nodes that count their runs, fail on request, run until canceled or keep an object."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from typing import ClassVar, Literal
 
-from nodes.base import BaseInvocation, InputField
+from nodes.base import BaseInvocation, BaseInvocationOutput, InputField, LatentsField, OutputField
 from nodes.outputs import IntOutput
 
 RUNS: Counter[str] = Counter()
@@ -52,3 +52,19 @@ class SlowInvocation(BaseInvocation):
             time.sleep(0.01)
             context.progress(step + 1, self.steps, "working")
         return IntOutput(value=self.steps)
+
+
+class LatentsOutput(BaseInvocationOutput):
+    latents: LatentsField = OutputField(description="A list held by the object store")
+
+
+class ObjectInvocation(BaseInvocation):
+    """Keeps a list in the object store (as generation nodes keep latents) and counts its runs."""
+
+    type: Literal["test_object"] = "test_object"
+    category: ClassVar[str] = "test"
+    tag: str = InputField("")
+
+    def invoke(self, context) -> LatentsOutput:
+        RUNS[self.tag or self.id] += 1
+        return LatentsOutput(latents=LatentsField(latents_name=context.objects.put([1, 2, 3], "latents")))

@@ -269,3 +269,118 @@ def test_reopened_fan_out_session_is_served_from_the_cache(invoker, services):
     invoker.wait(rerun.id, 10)
     assert RUNS["per_item"] == 3, "every item came from the warmed cache"
     assert [r.outputs["value"] for r in rerun.results["3"]] == [1, 2, 3]
+
+
+# --- saved results whose images are gone (issue 21) ---------------------------------------------
+
+CHAIN = {"nodes": [{"id": "size", "type": "integer", "value": 24},
+                   {"id": "noise", "type": "noise_image", "height": 16, "scale": 4, "seed": 9},
+                   {"id": "half", "type": "scale", "factor": 0.5},
+                   {"id": "show", "type": "show_image"}],
+         "links": [{"from_node": "size", "from_field": "value", "to_node": "noise", "to_field": "width"},
+                   {"from_node": "noise", "from_field": "image", "to_node": "half", "to_field": "image"},
+                   {"from_node": "half", "from_field": "image", "to_node": "show", "to_field": "image"}]}
+
+
+def _elsewhere(tmp_path, monkeypatch, name):
+    """An invoker on a fresh user folder, as on another machine (images, sessions, objects all new)."""
+    from services.config import Settings
+    from services.container import Services
+    from services.invoker import Invoker
+
+    monkeypatch.setenv("INVOKE_NODES_ROOT", str(tmp_path / name))
+    return Invoker(Services.local(Settings.load()))
+
+
+def _run(invoker, session):
+    events = _record(invoker.services, session)
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 20)
+    return [node for kind, node, _ in events if kind == NODE_STARTED]
+
+
+def _image(invoker, session, node_id):
+    return np.asarray(invoker.images.get(session.results[node_id][0].outputs["image"]["image_name"]))
+
+
+def test_saved_session_opened_where_its_images_are_gone_is_stale_and_run_makes_them(invoker, tmp_path, monkeypatch):
+    from services.stores.sessions import write_session_file
+
+    sent = invoker.create_session(CHAIN)
+    _run(invoker, sent)
+    write_session_file(sent, tmp_path / "sent.json")
+    other = _elsewhere(tmp_path, monkeypatch, "other")
+    try:
+        opened = other.open_session(tmp_path / "sent.json")
+        states = {n: opened.node_state(n) for n in opened.graph.order}
+        assert states == {"size": "cached", "noise": "stale", "half": "stale", "show": "stale"}
+        assert other.read_session(opened.id).to_dict()["results"] == opened.to_dict()["results"]  # stored as shown
+        assert _run(other, opened) == ["noise", "half", "show"]
+        assert {n: opened.node_state(n) for n in opened.graph.order} == {
+            "size": "cached", "noise": "completed", "half": "completed", "show": "completed"}
+        for node_id in ("noise", "half", "show"):
+            assert np.array_equal(_image(other, opened, node_id), _image(invoker, sent, node_id))  # same seed, same pixels
+        assert _image(other, opened, "show").shape == (8, 12, 3)
+        # saved again with its images present here: opening it runs nothing, every node cached
+        write_session_file(opened, tmp_path / "ran.json")
+        again = other.open_session(tmp_path / "ran.json")
+        assert {again.node_state(n) for n in again.graph.order} == {"cached"}
+        assert _run(other, again) == []
+        assert {again.node_state(n) for n in again.graph.order} == {"cached"}
+    finally:
+        other.shutdown()
+
+
+def test_images_deleted_while_the_app_runs_are_made_again_on_the_next_run(invoker):
+    session = invoker.create_session(CHAIN)
+    _run(invoker, session)
+    names = {n: session.results[n][0].outputs["image"]["image_name"] for n in ("noise", "half")}
+    invoker.images.delete(names["half"])  # the gallery's delete, or by hand
+    assert _run(invoker, session) == ["half", "show"]  # show passes half's image on: it named the gone one too
+    assert session.results["noise"][0].outputs["image"]["image_name"] == names["noise"]
+    made = session.results["half"][0].outputs["image"]["image_name"]
+    assert made != names["half"] and session.results["show"][0].outputs["image"]["image_name"] == made
+    assert np.array_equal(_image(invoker, session, "half"), _image(invoker, session, "show"))
+    assert _image(invoker, session, "half").shape == (8, 12, 3)
+    assert _run(invoker, session) == []  # nothing missing any more
+
+
+def test_only_the_missing_item_of_a_fan_out_is_made_again(invoker, services, tmp_path):
+    from services.stores.sessions import write_session_file
+
+    session = invoker.create_session()
+    session.add_node({"type": "random_range", "size": 3, "seed": 4})
+    session.add_node({"type": "iterate"}, [(-1, "collection", "collection")])
+    session.add_node({"type": "noise_image", "width": 8, "height": 8, "scale": 2}, [(-1, "item", "seed")])
+    session.add_node({"type": "collect"}, [(-1, "image", "item")])
+    _run(invoker, session)
+    before = [r.outputs["image"]["image_name"] for r in session.results["3"]]
+    write_session_file(session, tmp_path / "fan.json")
+    services.images.delete(before[1])
+    services.cache.clear()  # a new process: only the file's results are known
+    opened = invoker.open_session(tmp_path / "fan.json")
+    assert [opened.node_state(n) for n in ("1", "2", "3", "4")] == ["cached", "cached", "stale", "stale"]
+    assert _run(invoker, opened) == ["3", "4"]
+    rows = opened.results["3"]
+    assert [r.state for r in rows] == ["cached", "completed", "cached"]  # the live items came from the file
+    after = [r.outputs["image"]["image_name"] for r in rows]
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+    assert [i["image_name"] for i in opened.results["4"][0].outputs["collection"]] == after
+    assert all(services.images.exists(name) for name in after)
+
+
+def test_objects_of_a_saved_session_are_gone_in_a_new_process_and_run_again(invoker, tmp_path, monkeypatch):
+    from services.stores.sessions import write_session_file
+
+    session = invoker.create_session({"nodes": [{"id": "obj", "type": "test_object", "tag": "kept"}], "links": []})
+    _run(invoker, session)
+    assert invoker.services.objects.exists(session.results["obj"][0].outputs["latents"]["latents_name"])
+    write_session_file(session, tmp_path / "objects.json")
+    other = _elsewhere(tmp_path, monkeypatch, "restarted")  # objects live in memory: a restart loses them
+    try:
+        opened = other.open_session(tmp_path / "objects.json")
+        assert opened.node_state("obj") == "stale"
+        assert _run(other, opened) == ["obj"] and RUNS["kept"] == 2
+        assert other.services.objects.exists(opened.results["obj"][0].outputs["latents"]["latents_name"])
+    finally:
+        other.shutdown()

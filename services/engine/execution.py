@@ -25,7 +25,8 @@ from services.container import Services
 from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
 from services.executors.base import NodeCall, NodeFailedError
 from services.engine.graph import GraphNode, describe_validation_error
-from services.engine.session import (CACHED, CANCELED, COMPLETED, DONE_STATES, FAILED, RUNNING, SKIPPED, NodeResult, Session)
+from services.engine.session import (CACHED, CANCELED, COMPLETED, DONE_STATES, FAILED, RUNNING, SKIPPED, STALE, NodeResult,
+                                     Session)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,41 @@ _REFERENCE_TAGS = frozenset({"image", "latents", "conditioning"})
 def _reference_outputs(cls: type[BaseInvocation]) -> dict[str, str]:
     """Outputs that name stored images/objects: a cached value is only good while they exist."""
     return {name: port.tag for name, port in cls.outputs().items() if port.tag in _REFERENCE_TAGS}
+
+
+def outputs_alive(services: Services, cls: type[BaseInvocation], outputs: dict[str, Any]) -> bool:
+    tags = _reference_outputs(cls)
+    return not tags or services.outputs_alive(tags, outputs)
+
+
+def mark_stale(services: Services, session: Session, *, reopened: bool = False) -> list[str]:
+    """The one rule for results whose outputs are gone, as the output cache has it for its entries:
+    a finished node whose images/objects no longer exist is STALE, and so is every node after it
+    (its inputs change when the stale one is recomputed); a run redoes them.  `reopened`: the
+    results were read back from a file or the store, not computed here, so the live ones are
+    CACHED.  Returns the stale nodes."""
+    graph = session.graph
+    stale: dict[str, None] = {}  # ordered, and fast to look up in a large graph
+    with session.lock:
+        for node_id in graph.order:
+            rows = session.results.get(node_id)
+            state = session.node_state(node_id) if rows else None
+            if state not in DONE_STATES:
+                if state == STALE:
+                    stale[node_id] = None
+                continue
+            cls = graph.nodes[node_id].cls
+            if any(link.from_node in stale for link in graph.links_in[node_id]) or \
+                    not all(outputs_alive(services, cls, row.outputs or {}) for row in rows):
+                stale[node_id] = None
+                new_state = STALE
+            elif reopened:
+                new_state = CACHED
+            else:
+                continue
+            for row in rows:
+                row.state = new_state
+    return list(stale)
 
 
 class SessionRun:
@@ -58,6 +94,7 @@ class SessionRun:
     def run(self, run_all: bool = True) -> bool:
         """Returns False when canceled."""
         session, graph = self.session, self.session.graph
+        mark_stale(self.services, session)  # images deleted since the last run: redo what made them
         position = 0
         ran_any = False
         while position < len(graph.order):  # the graph may grow while it runs
@@ -135,7 +172,7 @@ class SessionRun:
         if cls.cacheable:
             key = cache_key(cls.node_type, cls.version, values, invocation.cache_salt())
             cached = self.services.cache.get(key)
-            if cached is not None and all(self._alive(cls, out) for out in cached):
+            if cached is not None and all(outputs_alive(self.services, cls, out) for out in cached):
                 return [NodeResult(node.id, CACHED, self._item_index(node, index, i), out, cache_key=key)
                         for i, out in enumerate(cached)]
         if self.listening():
@@ -172,10 +209,6 @@ class SessionRun:
             if preview is not None:
                 data["preview"] = preview
             self.events.emit(Event(NODE_PROGRESS, self.session.id, node_id, data))
-
-    def _alive(self, cls: type[BaseInvocation], outputs: dict[str, Any]) -> bool:
-        tags = _reference_outputs(cls)
-        return not tags or self.services.outputs_alive(tags, outputs)
 
     def _instances(self, node: GraphNode) -> list[tuple[Index, dict[str, Any]]]:
         """Every combination of upstream rows whose fan-out indices agree, with the linked values."""

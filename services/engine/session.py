@@ -17,9 +17,11 @@ from services.engine.graph import Graph, GraphError, GraphNode, Link
 SESSION_FORMAT = "invoke-nodes/session"
 SESSION_SCHEMA_VERSION = 1
 
-# Node states.  PENDING: not run yet; the others are final for one run.
+# Node states.  PENDING: not run yet; the others are final for one run.  STALE: it ran, but the
+# images/objects its result names are gone (or an input node is stale), so the next run redoes it.
 PENDING, QUEUED, RUNNING = "pending", "queued", "running"
 COMPLETED, CACHED, FAILED, SKIPPED, CANCELED = "completed", "cached", "failed", "skipped", "canceled"
+STALE = "stale"
 DONE_STATES = frozenset({COMPLETED, CACHED})
 
 
@@ -122,7 +124,7 @@ class Session:
         if len(rows) == 1:
             return rows[0].state
         states = {r.state for r in rows}
-        for state in (RUNNING, FAILED, CANCELED, SKIPPED, QUEUED):
+        for state in (RUNNING, FAILED, CANCELED, SKIPPED, QUEUED, STALE):
             if state in states:
                 return state
         return CACHED if states == {CACHED} else COMPLETED
