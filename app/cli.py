@@ -21,7 +21,7 @@ from services.container import Services
 from services.engine.graph import GraphError
 from services.invoker import Invoker
 from services.engine.session import Session
-from services.stores.sessions import SessionFileError, read_session_file, write_session_file
+from services.stores.sessions import SessionFileError, write_session_file
 
 from .cli_progress import RunReporter
 from .cli_schema import (COMMON_NAMES, CommandError, ParsedCommand, command_help, commands_overview, last_segment,
@@ -185,6 +185,7 @@ class Shell:
 
     def cmd_run(self, args: list[str]) -> int:
         self._no_args("run", args)
+        self._say_stale(self.invoker.mark_stale(self.session))
         if self.session.is_complete():
             self.print("nothing to run: every node has finished (change one with 'set')")
             return OK
@@ -208,12 +209,16 @@ class Shell:
     def cmd_load(self, args: list[str]) -> int:
         path = self._one_path("load", args)
         try:
-            session = read_session_file(path)
+            self.session = self.invoker.open_session(path)
         except SessionFileError as exc:
             raise CommandError("load", None, str(exc)) from None
-        self._switch(session)
-        self.print(f"loaded {len(session.graph)} nodes from {path}; 'history' lists them, 'run' runs what is not finished")
+        self.print(f"loaded {len(self.session.graph)} nodes from {path}; 'history' lists them, 'run' runs what is not finished")
+        self._say_stale(self.invoker.mark_stale(self.session))
         return OK
+
+    def _say_stale(self, node_ids: list[str]) -> None:
+        if node_ids:
+            self.print(f"stale (their images, or their inputs' images, are gone; 'run' makes them again): {', '.join(node_ids)}")
 
     def cmd_new(self, args: list[str]) -> int:
         self._no_args("new", args)

@@ -39,3 +39,18 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """Invokers on fresh user folders, as on another machine: no images, sessions or objects yet."""
+    made: list[Invoker] = []
+
+    def make(name: str = "elsewhere") -> Invoker:
+        monkeypatch.setenv("INVOKE_NODES_ROOT", str(tmp_path / name))
+        made.append(Invoker(Services.local(Settings.load())))
+        return made[-1]
+
+    yield make
+    for invoker in made:
+        invoker.shutdown()

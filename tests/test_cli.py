@@ -6,6 +6,7 @@ import io
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -189,12 +190,32 @@ def test_history_save_load_new(shell, invoker, tmp_path):
     other = Shell(invoker, io.StringIO(), io.StringIO(), open_viewer=False)
     assert other.execute(f"load {path}") == OK
     assert other.session.graph.to_dict() == json.loads(path.read_text())["graph"]
-    assert other.session.node_state("2") == "completed"
+    assert other.session.node_state("2") == "cached"  # the saved result, its image still here
     assert other.execute(f"load {tmp_path / 'nope.json'}") == BAD_INPUT
     assert err_lines(other) == [f"error: load: {tmp_path / 'nope.json'}: No such file or directory"]
     # a PNG the app made carries its graph
     png = invoker.services.images.path(other.session.results["2"][0].outputs["image"]["image_name"])
     assert other.execute(f"load {png}") == OK and [n.type for n in other.session.graph.nodes.values()] == ["noise_image", "resize"]
+
+
+def test_load_where_the_images_are_gone_says_stale_and_run_makes_them(shell, elsewhere, tmp_path):
+    shell.execute("noise_image --width 8 --height 6 --seed 7 | resize --width 4")
+    shell.execute(f"save {tmp_path / 's.json'}")
+    sent = np.asarray(image_of(shell, "2"))
+    other = Shell(elsewhere(), io.StringIO(), io.StringIO(), open_viewer=False)
+    assert other.execute(f"load {tmp_path / 's.json'}") == OK
+    assert out(other).splitlines()[-1] == "stale (their images, or their inputs' images, are gone; 'run' makes them again): 1, 2"
+    other.execute("history")
+    assert [line.split()[2] for line in out(other).splitlines()[-2:]] == ["stale", "stale"]
+    assert other.execute("run") == OK
+    assert [other.session.node_state(n) for n in ("1", "2")] == ["completed", "completed"]
+    assert np.array_equal(np.asarray(image_of(other, "2")), sent)  # same graph, same pixels, in this folder
+    assert other.execute("run") == OK and out(other).splitlines()[-1].startswith("nothing to run")
+    # deleted by hand while the CLI runs: the next `run` makes it again
+    other.invoker.images.path(other.session.results["2"][0].outputs["image"]["image_name"]).unlink()
+    assert other.execute("run") == OK
+    assert "stale (their images, or their inputs' images, are gone; 'run' makes them again): 2" in out(other)
+    assert other.session.node_state("1") == "completed" and np.array_equal(np.asarray(image_of(other, "2")), sent)
 
 
 def test_set_forks_and_reruns_only_what_changed(shell):

@@ -282,16 +282,6 @@ CHAIN = {"nodes": [{"id": "size", "type": "integer", "value": 24},
                    {"from_node": "half", "from_field": "image", "to_node": "show", "to_field": "image"}]}
 
 
-def _elsewhere(tmp_path, monkeypatch, name):
-    """An invoker on a fresh user folder, as on another machine (images, sessions, objects all new)."""
-    from services.config import Settings
-    from services.container import Services
-    from services.invoker import Invoker
-
-    monkeypatch.setenv("INVOKE_NODES_ROOT", str(tmp_path / name))
-    return Invoker(Services.local(Settings.load()))
-
-
 def _run(invoker, session):
     events = _record(invoker.services, session)
     invoker.invoke(session)
@@ -303,32 +293,29 @@ def _image(invoker, session, node_id):
     return np.asarray(invoker.images.get(session.results[node_id][0].outputs["image"]["image_name"]))
 
 
-def test_saved_session_opened_where_its_images_are_gone_is_stale_and_run_makes_them(invoker, tmp_path, monkeypatch):
+def test_saved_session_opened_where_its_images_are_gone_is_stale_and_run_makes_them(invoker, elsewhere, tmp_path):
     from services.stores.sessions import write_session_file
 
     sent = invoker.create_session(CHAIN)
     _run(invoker, sent)
     write_session_file(sent, tmp_path / "sent.json")
-    other = _elsewhere(tmp_path, monkeypatch, "other")
-    try:
-        opened = other.open_session(tmp_path / "sent.json")
-        states = {n: opened.node_state(n) for n in opened.graph.order}
-        assert states == {"size": "cached", "noise": "stale", "half": "stale", "show": "stale"}
-        assert other.read_session(opened.id).to_dict()["results"] == opened.to_dict()["results"]  # stored as shown
-        assert _run(other, opened) == ["noise", "half", "show"]
-        assert {n: opened.node_state(n) for n in opened.graph.order} == {
-            "size": "cached", "noise": "completed", "half": "completed", "show": "completed"}
-        for node_id in ("noise", "half", "show"):
-            assert np.array_equal(_image(other, opened, node_id), _image(invoker, sent, node_id))  # same seed, same pixels
-        assert _image(other, opened, "show").shape == (8, 12, 3)
-        # saved again with its images present here: opening it runs nothing, every node cached
-        write_session_file(opened, tmp_path / "ran.json")
-        again = other.open_session(tmp_path / "ran.json")
-        assert {again.node_state(n) for n in again.graph.order} == {"cached"}
-        assert _run(other, again) == []
-        assert {again.node_state(n) for n in again.graph.order} == {"cached"}
-    finally:
-        other.shutdown()
+    other = elsewhere()
+    opened = other.open_session(tmp_path / "sent.json")
+    states = {n: opened.node_state(n) for n in opened.graph.order}
+    assert states == {"size": "cached", "noise": "stale", "half": "stale", "show": "stale"}
+    assert other.read_session(opened.id).to_dict()["results"] == opened.to_dict()["results"]  # stored as shown
+    assert _run(other, opened) == ["noise", "half", "show"]
+    assert {n: opened.node_state(n) for n in opened.graph.order} == {
+        "size": "cached", "noise": "completed", "half": "completed", "show": "completed"}
+    for node_id in ("noise", "half", "show"):
+        assert np.array_equal(_image(other, opened, node_id), _image(invoker, sent, node_id))  # same seed, same pixels
+    assert _image(other, opened, "show").shape == (8, 12, 3)
+    # saved again with its images present here: opening it runs nothing, every node cached
+    write_session_file(opened, tmp_path / "ran.json")
+    again = other.open_session(tmp_path / "ran.json")
+    assert {again.node_state(n) for n in again.graph.order} == {"cached"}
+    assert _run(other, again) == []
+    assert {again.node_state(n) for n in again.graph.order} == {"cached"}
 
 
 def test_images_deleted_while_the_app_runs_are_made_again_on_the_next_run(invoker):
@@ -369,18 +356,15 @@ def test_only_the_missing_item_of_a_fan_out_is_made_again(invoker, services, tmp
     assert all(services.images.exists(name) for name in after)
 
 
-def test_objects_of_a_saved_session_are_gone_in_a_new_process_and_run_again(invoker, tmp_path, monkeypatch):
+def test_objects_of_a_saved_session_are_gone_in_a_new_process_and_run_again(invoker, elsewhere, tmp_path):
     from services.stores.sessions import write_session_file
 
     session = invoker.create_session({"nodes": [{"id": "obj", "type": "test_object", "tag": "kept"}], "links": []})
     _run(invoker, session)
     assert invoker.services.objects.exists(session.results["obj"][0].outputs["latents"]["latents_name"])
     write_session_file(session, tmp_path / "objects.json")
-    other = _elsewhere(tmp_path, monkeypatch, "restarted")  # objects live in memory: a restart loses them
-    try:
-        opened = other.open_session(tmp_path / "objects.json")
-        assert opened.node_state("obj") == "stale"
-        assert _run(other, opened) == ["obj"] and RUNS["kept"] == 2
-        assert other.services.objects.exists(opened.results["obj"][0].outputs["latents"]["latents_name"])
-    finally:
-        other.shutdown()
+    other = elsewhere("restarted")  # objects live in memory: a restart loses them
+    opened = other.open_session(tmp_path / "objects.json")
+    assert opened.node_state("obj") == "stale"
+    assert _run(other, opened) == ["obj"] and RUNS["kept"] == 2
+    assert other.services.objects.exists(opened.results["obj"][0].outputs["latents"]["latents_name"])
