@@ -6,6 +6,7 @@ import sys
 import time
 from typing import ClassVar, Literal
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -337,7 +338,38 @@ def test_open_restores_result_thumbnails(ctl, tmp_path):
     ctl.new_demo()
     assert ctl.status["show"].image_name is None
     assert ctl.open(tmp_path / "ran.json")
-    assert ctl.status["show"].state == "completed" and ctl.status["show"].thumb is not None
+    assert ctl.status["show"].state == "cached" and ctl.status["show"].thumb is not None  # its image is still here
+
+
+def test_open_where_the_images_are_gone_shows_stale_and_run_brings_the_thumbnails(ctl, elsewhere, tmp_path):
+    ctl.new_demo()
+    run_to_end(ctl)
+    sent = ctl.status["show"].thumb
+    ctl.save(tmp_path / "sent.json")
+    other = CanvasController(elsewhere())  # another machine: a fresh user folder
+    try:
+        assert other.open(tmp_path / "sent.json")
+        assert {n: s.state for n, s in other.status.items()} == {
+            "size": "cached", "noise": "stale", "color": "stale", "blend": "stale", "show": "stale"}
+        assert other.status["show"].thumb is None and other.status["show"].image_name is None
+        assert other.message.endswith("; 4 node(s) stale, their images are not here: Run makes them again")
+        assert other.run() and {other.status[n].state for n in ("noise", "color", "blend", "show")} == {"queued"}
+        pump_until(other, lambda: not other.is_running)
+        assert {n: s.state for n, s in other.status.items()} == {
+            "size": "cached", "noise": "completed", "color": "completed", "blend": "completed", "show": "completed"}
+        assert np.array_equal(other.status["show"].thumb, sent)  # the same pixels as where it was saved
+        assert other.invoker.images.exists(other.status["show"].image_name)
+        # an image deleted while the app runs: Run queues its node and the ones after it, and redoes them
+        gone = other.status["blend"].image_name
+        other.invoker.images.delete(gone)
+        assert other.run()
+        assert [other.status[n].state for n in ("noise", "blend", "show")] == ["completed", "queued", "queued"]
+        pump_until(other, lambda: not other.is_running)
+        assert [other.status[n].state for n in ("noise", "blend", "show")] == ["completed", "completed", "completed"]
+        assert other.status["show"].image_name != gone and np.array_equal(other.status["show"].thumb, sent)
+        assert other.invoker.images.exists(other.status["show"].image_name)
+    finally:
+        other.close()
 
 
 @pytest.mark.parametrize("content, reason", [

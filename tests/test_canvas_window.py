@@ -116,6 +116,35 @@ def test_menus_progress_cancel_viewer_prompt(xdisplay, tmp_path):
     assert not report["torch"]
 
 
+def test_session_opened_without_its_images_shows_stale_then_thumbnails(xdisplay, tmp_path, elsewhere):
+    import numpy as np
+    from PIL import Image
+
+    from app.canvas.demo import demo_graph
+    from app.canvas.thumbs import THUMB, fit_rgba
+    from app.canvas.view import STATE_COLOURS
+    from services.stores.sessions import write_session_file
+
+    sender = elsewhere("sender")  # ran on another machine; the window's user folder has none of its images
+    sent = sender.create_session(demo_graph())
+    sender.invoke(sent)
+    assert sender.wait(sent.id, 60) and sent.is_complete()
+    write_session_file(sent, tmp_path / "received.json")
+    report = scenario("stale", xdisplay, tmp_path)
+    assert report["opened"] == {"size": "cached", "noise": "stale", "color": "stale", "blend": "stale", "show": "stale"}
+    assert report["stale_text"] == "stale - will re-run" and not report["thumb_before"]
+    opened = Image.open(tmp_path / "stale.png").convert("RGB")
+    assert opened.getpixel(tuple(report["show_title"])) == STATE_COLOURS["stale"]  # the title bar in the stale colour
+    assert report["ran"] == {"size": "cached", "noise": "completed", "color": "completed", "blend": "completed",
+                             "show": "completed"}
+    expected = fit_rgba(sender.images.get(sent.results["show"][0].outputs["image"]["image_name"]), THUMB)
+    assert np.allclose(np.load(tmp_path / "thumb.npy"), expected, atol=1e-6)  # the sender's pixels, made here
+    preview = region(tmp_path / "stale_ran.png", report["preview_rect"])
+    assert len(preview.getcolors(maxcolors=1 << 16) or range(300)) > 200  # drawn on screen: noise, not blank
+    ran = Image.open(tmp_path / "stale_ran.png").convert("RGB")
+    assert ran.getpixel(tuple(report["show_title"])) == STATE_COLOURS["completed"]
+
+
 @pytest.fixture(scope="module")
 def demo_models(tmp_path_factory):
     """The tiny demo models (a .pth upscaler among them), written by the app's own command."""
@@ -444,6 +473,28 @@ def scenario_more(d: Driver) -> dict:
         d.frames(3)
         report["model_widget"] = view.nodes[gen].inputs["model"].widget is not None
     report["torch"] = "torch" in sys.modules
+    return report
+
+
+def scenario_stale(d: Driver) -> dict:
+    import numpy as np
+
+    c, dpg, view = d.c, d.dpg, d.view
+    assert c.open(d.out / "received.json")
+    d.frames(4)
+    x0, y0 = dpg.get_item_rect_min(view.nodes["show"].node)
+    x1, _ = dpg.get_item_rect_max(view.nodes["show"].node)
+    report = {"opened": {n: s.state for n, s in c.status.items()}, "stale_text": dpg.get_value(view.nodes["show"].state_text),
+              "thumb_before": view.nodes["show"].texture is not None, "show_title": [int(x1) - 6, int(y0) + 4]}
+    d.screenshot("stale.png")
+    c.run()
+    d.until(lambda: not c.is_running and view.nodes["show"].texture is not None)
+    d.frames(3)
+    report["ran"] = {n: s.state for n, s in c.status.items()}
+    np.save(d.out / "thumb.npy", np.asarray(dpg.get_value(view.nodes["show"].texture), dtype=np.float32))
+    image = view.nodes["show"].image
+    report["preview_rect"] = [dpg.get_item_rect_min(image), dpg.get_item_rect_max(image)]
+    d.screenshot("stale_ran.png")
     return report
 
 

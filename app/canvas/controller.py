@@ -27,9 +27,9 @@ from nodes.base import REGISTRY, SEED_MAX, BaseInvocation
 from services.engine.events import (NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED,
                              SESSION_COMPLETED, Event)
 from services.engine.graph import Graph, GraphError, Link
-from services.engine.session import COMPLETED, DONE_STATES, PENDING, QUEUED, RUNNING, Session
+from services.engine.session import COMPLETED, DONE_STATES, PENDING, QUEUED, RUNNING, STALE, Session
 from services.invoker import Invoker
-from services.stores.sessions import SessionFileError, read_session_file, write_session_file
+from services.stores.sessions import SessionFileError, write_session_file
 
 from .demo import demo_graph, demo_positions
 from .schema import PinSpec, pin_spec
@@ -371,6 +371,7 @@ class CanvasController:
         session = self.session
         self._run_graph = session.graph  # read by _on_event on the invoker thread
         self.running_id, self.running_node, self._run_started = session.id, None, time.perf_counter()
+        self.invoker.mark_stale(session)  # images deleted since the last run: those nodes show queued too
         for node_id in session.graph.order:
             if session.node_state(node_id) not in DONE_STATES:
                 self._set_state(node_id, QUEUED)
@@ -510,11 +511,13 @@ class CanvasController:
         """Open a session JSON or a PNG the app made.  A bad file leaves the current graph as is."""
         path = Path(path)
         try:
-            session = read_session_file(path)
+            session = self.invoker.open_session(path)  # results whose images are gone here come back stale
         except SessionFileError as exc:
             self._refuse(f"Cannot open: {exc}")
             return False
-        self._replace(session, path if path.suffix.lower() != ".png" else None, f"Opened {path}")
+        stale = sum(session.node_state(n) == STALE for n in session.graph.order)
+        self._replace(session, path if path.suffix.lower() != ".png" else None, f"Opened {path}" + (
+            f"; {stale} node(s) stale, their images are not here: Run makes them again" if stale else ""))
         self._remember(path)
         return True
 

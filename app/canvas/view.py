@@ -31,9 +31,11 @@ ITEM_SPACING = 8  # Dear ImGui's default horizontal item spacing (the style is n
 STATE_COLOURS = {  # title bar colour per node state
     IDLE: (60, 60, 70), "queued": (90, 90, 40), "running": (40, 110, 170), "completed": (40, 120, 60),
     "cached": (50, 100, 90), "failed": (160, 45, 45), "skipped": (110, 80, 40), "canceled": (100, 70, 40),
+    "stale": (100, 75, 125),
 }
 STATE_TEXT = {IDLE: "idle", "queued": "queued", "running": "running", "completed": "done", "cached": "cached",
-              "failed": "failed", "skipped": "skipped", "canceled": "canceled"}
+              "failed": "failed", "skipped": "skipped", "canceled": "canceled",
+              "stale": "stale - will re-run"}  # the default font has no em dash
 # Widgets whose every keystroke or +/- click fires a callback commit only when the user is done
 # with them (one fork, one undo step); checkboxes and combos commit at once.
 COMMIT_WHEN_DONE = {"int", "float", "text", "multiline", "path", "seed"}
