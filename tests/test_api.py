@@ -196,6 +196,47 @@ def _wait_idle(http, session_id: str) -> dict:
     raise AssertionError("session stayed busy")
 
 
+def _started(server, http, session_id: str) -> list[str]:
+    """Invoke and wait for the end: the nodes that really ran."""
+    with subscribe(server, session_id) as socket:
+        assert http.put(f"/api/v1/sessions/{session_id}/invoke").status_code == 202
+        events = events_until(socket, "session_completed")
+    return [e["node_id"] for e in events if e["type"] == "node_started"]
+
+
+def _pixels(http, body: dict, node_id: str) -> bytes:
+    name = body["results"][node_id][0]["outputs"]["image"]["image_name"]
+    return Image.open(io.BytesIO(http.get(f"/api/v1/images/{name}").content)).convert("RGB").tobytes()
+
+
+def test_session_stored_where_its_images_are_gone_is_stale_and_invoke_makes_them(http, server, tmp_path):
+    sent = create(http, NOISE_GRAPH)
+    _started(server, http, sent["id"])
+    sent = _wait_idle(http, sent["id"])
+    root = tmp_path / "other-machine"
+    (root / "sessions").mkdir(parents=True)
+    stored = {k: v for k, v in sent.items() if k not in ("states", "busy")}  # the session file, copied over
+    (root / "sessions" / f"{sent['id']}.json").write_text(json.dumps(stored))
+    with api_server(root) as other, httpx.Client(base_url=other.base_url, timeout=20) as there:
+        opened = there.get(f"/api/v1/sessions/{sent['id']}").json()
+        assert opened["states"] == {"noise": "stale", "half": "stale", "show": "stale"}
+        assert _started(other, there, sent["id"]) == ["noise", "half", "show"]
+        ran = _wait_idle(there, sent["id"])
+        assert ran["states"] == {"noise": "completed", "half": "completed", "show": "completed"}
+        assert _pixels(there, ran, "show") == _pixels(http, sent, "show")  # made here, the same pixels
+        # the image deleted through the API: the next invoke makes it again, and what came after it
+        gone = ran["results"]["half"][0]["outputs"]["image"]["image_name"]
+        assert there.delete(f"/api/v1/images/{gone}").status_code == 200
+        assert _started(other, there, sent["id"]) == ["half", "show"]
+        again = _wait_idle(there, sent["id"])
+        assert again["results"]["show"][0]["outputs"]["image"]["image_name"] != gone
+        assert _pixels(there, again, "show") == _pixels(http, sent, "show")
+    with api_server(root) as restarted, httpx.Client(base_url=restarted.base_url, timeout=20) as there:
+        assert there.get(f"/api/v1/sessions/{sent['id']}").json()["states"] == {"noise": "cached", "half": "cached",
+                                                                                 "show": "cached"}
+        assert _started(restarted, there, sent["id"]) == []  # its images are here: nothing runs
+
+
 def test_sessions_are_listed_in_pages_and_deleted(http):
     ids = [create(http)["id"] for _ in range(3)]
     page = http.get("/api/v1/sessions/", params={"limit": 2}).json()
