@@ -49,7 +49,7 @@ class Invoker:
         return self.add_session(Session(graph))
 
     def add_session(self, session: Session) -> Session:
-        """Keep (and store) a session made here: a fork, a clone, an edited copy."""
+        """Keep (and store) a session made here: a fork, a clone, an edited copy (files: open_session)."""
         self._keep(session)
         self.services.sessions.save(session)
         return session

@@ -142,7 +142,7 @@ class SessionModel(BaseModel):
     results: dict[str, list[dict[str, Any]]]
     history: list[str]
     ui: dict[str, Any]
-    states: dict[str, str] = Field(description="Node id -> pending | queued | running | completed | cached | failed | skipped | canceled")
+    states: dict[str, str] = Field(description="Node id -> pending | queued | running | completed | cached | failed | skipped | canceled | stale (its images are gone: the next run redoes it)")
     busy: bool = Field(description="A run of this session is queued or running")
 
 
