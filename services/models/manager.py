@@ -467,13 +467,12 @@ class LocalModelManager(ModelManager):
                     entry.pins -= 1
 
     def face_detector(self, name: str) -> Any:
-        from .face_detectors import DetectorMissingError, find_detector, load_detector
+        from .face_detectors import DetectorMissingError, open_detector
 
         try:
-            path = find_detector(self.settings.models_dir, name)
+            return open_detector(self.settings.models_dir, name, self.device)
         except DetectorMissingError as exc:
             raise ModelNotFoundError(str(exc)) from None
-        return load_detector(path, self.device)
 
     def cache_stats(self) -> CacheStats:
         with self._lock:

@@ -1,0 +1,273 @@
+"""BlazeFace (MediaPipe's face detector) in PyTorch, run from the operator graph of its .tflite file.
+
+The network is built from the file's own operators (convolutions, depthwise convolutions, adds,
+pads, pools, bilinear upsampling, reshapes), so the short- and full-range models need no
+hand-written architecture; services/models/face_detectors.py reads the flatbuffer into a
+`TfliteGraph`.  Decoding follows MediaPipe's face_detection_*_common.pbtxt: SSD anchors of unit
+size, box and six keypoints as pixel offsets at the model's input size, sigmoid scores, weighted
+non-maximum suppression.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from nodes.core.faces import FFHQ_TEMPLATE, Face
+
+SCORE_THRESHOLD = 0.5  # MediaPipe's min_score_thresh
+NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold
+RAW_SCORE_LIMIT = 100.0  # MediaPipe clips the logits before the sigmoid
+# Mouth width over eye distance in the FFHQ template: BlazeFace gives only the mouth centre, so
+# its corners are placed along the eye line at the template's proportion.
+MOUTH_TO_EYES = float(np.linalg.norm(FFHQ_TEMPLATE[4] - FFHQ_TEMPLATE[3]) / np.linalg.norm(FFHQ_TEMPLATE[1] - FFHQ_TEMPLATE[0]))
+
+
+@dataclass(frozen=True)
+class GraphOp:
+    kind: str  # the TFLite builtin operator name, e.g. CONV_2D
+    inputs: tuple[int, ...]  # tensor indices; -1: an optional input left out
+    outputs: tuple[int, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TfliteGraph:
+    """One subgraph of a .tflite file: operators in execution order over tensors in NHWC layout."""
+
+    ops: list[GraphOp]
+    constants: dict[int, np.ndarray]  # weights (float32) and shape/padding operands
+    input: int
+    outputs: tuple[int, ...]
+    input_size: int  # the square input's side in pixels
+
+
+@dataclass(frozen=True)
+class BlazeFaceSpec:
+    """Anchor layout of one model file (MediaPipe's SsdAnchorsCalculator options)."""
+
+    input_size: int
+    strides: tuple[int, ...]
+    anchors_per_layer: int  # 2 with interpolated_scale_aspect_ratio 1.0, else 1
+
+
+SPECS = {
+    "short_range": BlazeFaceSpec(128, (8, 16, 16, 16), 2),  # faces within ~2 m: portraits, selfies
+    "full_range": BlazeFaceSpec(192, (4,), 1),  # faces within ~5 m: groups, smaller faces
+}
+
+
+def anchors(spec: BlazeFaceSpec) -> torch.Tensor:
+    """Anchor centres (x, y) relative to the input, in the order of the network's outputs."""
+    centres: list[tuple[float, float]] = []
+    layer = 0
+    while layer < len(spec.strides):
+        stride, repeats = spec.strides[layer], 0
+        while layer < len(spec.strides) and spec.strides[layer] == stride:
+            repeats += spec.anchors_per_layer
+            layer += 1
+        cells = spec.input_size // stride
+        for y in range(cells):
+            for x in range(cells):
+                centres.extend([((x + 0.5) / cells, (y + 0.5) / cells)] * repeats)
+    return torch.tensor(centres, dtype=torch.float32)
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's SAME padding: the odd pixel goes after (PyTorch would pad symmetrically)."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+_ACTIVATIONS = {0: lambda x: x, 1: F.relu, 3: F.relu6}  # TFLite ActivationFunctionType: NONE, RELU, RELU6
+
+
+class TfliteNet(nn.Module):
+    """Runs a TfliteGraph with PyTorch; 4-D tensors are kept NCHW between operators."""
+
+    SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "MAX_POOL_2D", "PAD", "RESIZE_BILINEAR",
+                 "RESHAPE", "CONCATENATION"}
+
+    def __init__(self, graph: TfliteGraph, name: str) -> None:
+        super().__init__()
+        unknown = sorted({op.kind for op in graph.ops} - self.SUPPORTED)
+        if unknown:
+            raise ValueError(f"{name}: unsupported TFLite operators {', '.join(unknown)}")
+        self.graph = graph
+        self._weights: dict[int, str] = {}
+        for op in graph.ops:
+            if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+                kernel = torch.from_numpy(graph.constants[op.inputs[1]])
+                # TFLite kernels: conv (out, kh, kw, in), depthwise (1, kh, kw, out)
+                kernel = kernel.permute(0, 3, 1, 2) if op.kind == "CONV_2D" else kernel.permute(3, 0, 1, 2)
+                self._register(op.inputs[1], kernel.contiguous())
+                if len(op.inputs) > 2 and op.inputs[2] >= 0:
+                    self._register(op.inputs[2], torch.from_numpy(graph.constants[op.inputs[2]]))
+
+    def _register(self, index: int, tensor: torch.Tensor) -> None:
+        self._weights[index] = f"t{index}"
+        self.register_buffer(f"t{index}", tensor)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """`image`: (1, 3, size, size) in [-1, 1]; returns the graph's outputs (NHWC order for 3-D)."""
+        values: dict[int, torch.Tensor] = {self.graph.input: image}
+        for op in self.graph.ops:
+            values[op.outputs[0]] = self._run(op, values)
+        return [values[index] for index in self.graph.outputs]
+
+    def _run(self, op: GraphOp, values: dict[int, torch.Tensor]) -> torch.Tensor:
+        o, x = op.options, values.get(op.inputs[0])
+        if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            weight = getattr(self, self._weights[op.inputs[1]])
+            bias = getattr(self, self._weights[op.inputs[2]]) if op.inputs[2] in self._weights else None
+            if o["padding"] == "SAME":
+                top, bottom = _same_padding(x.shape[2], weight.shape[2], o["stride"][0], o["dilation"][0])
+                left, right = _same_padding(x.shape[3], weight.shape[3], o["stride"][1], o["dilation"][1])
+                x = F.pad(x, (left, right, top, bottom))
+            groups = x.shape[1] if op.kind == "DEPTHWISE_CONV_2D" else 1
+            x = F.conv2d(x, weight, bias, o["stride"], 0, o["dilation"], groups)
+            return _ACTIVATIONS[o["activation"]](x)
+        if op.kind == "ADD":
+            return _ACTIVATIONS[o["activation"]](x + self._operand(op.inputs[1], values))
+        if op.kind == "RELU":
+            return F.relu(x)
+        if op.kind == "MAX_POOL_2D":
+            if o["padding"] == "SAME":
+                top, bottom = _same_padding(x.shape[2], o["filter"][0], o["stride"][0])
+                left, right = _same_padding(x.shape[3], o["filter"][1], o["stride"][1])
+                x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+            return F.max_pool2d(x, o["filter"], o["stride"])
+        if op.kind == "PAD":
+            pads = self.graph.constants[op.inputs[1]]  # NHWC (before, after) per axis
+            order = (2, 1, 3, 0) if x.dim() == 4 else tuple(reversed(range(x.dim())))  # F.pad: last axis first
+            flat = [int(v) for axis in order for v in pads[axis]]
+            return F.pad(x, flat)
+        if op.kind == "RESIZE_BILINEAR":
+            height, width = (int(v) for v in self.graph.constants[op.inputs[1]])
+            if o["align_corners"]:
+                return F.interpolate(x, (height, width), mode="bilinear", align_corners=True)
+            if o["half_pixel_centers"]:
+                return F.interpolate(x, (height, width), mode="bilinear", align_corners=False)
+            return _resize_legacy(x, height, width)
+        if op.kind == "RESHAPE":
+            if x.dim() == 4:
+                x = x.permute(0, 2, 3, 1)  # the file's shapes are NHWC
+            return x.reshape(o["shape"])
+        if op.kind == "CONCATENATION":
+            parts = [values[i] for i in op.inputs]
+            axis = o["axis"] % parts[0].dim()
+            if parts[0].dim() == 4:
+                axis = (0, 2, 3, 1)[axis]
+            return _ACTIVATIONS[o["activation"]](torch.cat(parts, axis))
+        raise AssertionError(op.kind)  # excluded in __init__
+
+    def _operand(self, index: int, values: dict[int, torch.Tensor]) -> torch.Tensor:
+        if index in values:
+            return values[index]
+        constant = torch.from_numpy(self.graph.constants[index])
+        return constant.permute(0, 3, 1, 2) if constant.dim() == 4 else constant
+
+
+def _resize_legacy(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """TensorFlow's bilinear resize without half-pixel centres: source = destination * in / out."""
+    def taps(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position = torch.arange(size_out, dtype=torch.float32) * (size_in / size_out)
+        low = position.floor().long().clamp(max=size_in - 1)
+        return low, (low + 1).clamp(max=size_in - 1), position - low
+    y0, y1, fy = taps(x.shape[2], height)
+    x0, x1, fx = taps(x.shape[3], width)
+    rows = x[:, :, y0] * (1 - fy)[:, None] + x[:, :, y1] * fy[:, None]
+    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+
+
+def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    top_left = torch.maximum(box[:2], boxes[:, :2])
+    bottom_right = torch.minimum(box[2:], boxes[:, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(1)
+    area = (box[2:] - box[:2]).prod()
+    areas = (boxes[:, 2:] - boxes[:, :2]).prod(1)
+    return inter / (area + areas - inter).clamp(min=1e-12)
+
+
+def weighted_nms(detections: torch.Tensor, scores: torch.Tensor, iou: float = NMS_IOU) -> list[tuple[torch.Tensor, float]]:
+    """MediaPipe's weighted NMS: each kept detection is the score-weighted mean of those it overlaps.
+    `detections` (N, 16): box x0, y0, x1, y1 then six keypoints."""
+    order = scores.argsort(descending=True)
+    detections, scores = detections[order], scores[order]
+    kept = []
+    remaining = torch.ones(len(scores), dtype=torch.bool)
+    for first in range(len(scores)):
+        if not remaining[first]:
+            continue
+        overlap = remaining & (_iou(detections[first, :4], detections[:, :4]) > iou)
+        overlap[first] = True
+        weights = scores[overlap][:, None]
+        kept.append(((detections[overlap] * weights).sum(0) / weights.sum(), float(scores[first])))
+        remaining &= ~overlap
+    return kept
+
+
+def five_points(keypoints: np.ndarray) -> np.ndarray:
+    """BlazeFace's eyes, nose tip and mouth centre -> the FFHQ template's five points (eyes, nose,
+    mouth corners): the corners lie on the mouth centre, along the eye line."""
+    eye_left, eye_right, nose, mouth = keypoints[:4]
+    half_mouth = (eye_right - eye_left) * MOUTH_TO_EYES / 2
+    return np.stack([eye_left, eye_right, nose, mouth - half_mouth, mouth + half_mouth])
+
+
+class BlazeFaceNet:
+    """One BlazeFace model: its network and anchors."""
+
+    def __init__(self, graph: TfliteGraph, spec: BlazeFaceSpec, name: str, device: torch.device) -> None:
+        if graph.input_size != spec.input_size:
+            raise ValueError(f"{name}: input {graph.input_size}x{graph.input_size}, expected {spec.input_size}")
+        self.spec = spec
+        self.anchors = anchors(spec)
+        self.network = TfliteNet(graph, name).to(device).eval()
+        self.device = device
+
+    def detections(self, square: Image.Image, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 16) box corners and six keypoints relative to the square image, and (N,) scores."""
+        size = self.spec.input_size
+        pixels = np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 127.5 - 1
+        with torch.inference_mode():
+            regressors, logits = self.network(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).to(self.device))
+        raw = regressors[0].float().cpu().reshape(-1, 8, 2) / size
+        scores = torch.sigmoid(logits[0, :, 0].float().cpu().clamp(-RAW_SCORE_LIMIT, RAW_SCORE_LIMIT))
+        keep = scores > threshold
+        raw, scores, centres = raw[keep], scores[keep], self.anchors[keep]
+        centre, extent = raw[:, 0] + centres, raw[:, 1]
+        keypoints = raw[:, 2:] + centres[:, None]
+        return torch.cat([centre - extent / 2, centre + extent / 2, keypoints.reshape(-1, 12)], 1), scores
+
+
+class BlazeFaceDetector:
+    """BlazeFace short range (faces filling much of the picture) and full range (smaller faces) run
+    on the whole image; their detections are merged.  `detect(image)` returns faces, best first."""
+
+    def __init__(self, graphs: dict[str, TfliteGraph], device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.models = [BlazeFaceNet(graph, SPECS[name], name, self.device) for name, graph in graphs.items()]
+
+    def detect(self, image: Image.Image, threshold: float = SCORE_THRESHOLD) -> list[Face]:
+        # letterbox: the image centred on a black square, as MediaPipe's ImageToTensor does
+        image = image.convert("RGB")
+        side = max(image.size)
+        offset = ((side - image.width) // 2, (side - image.height) // 2)
+        square = Image.new("RGB", (side, side))
+        square.paste(image, offset)
+        found = [model.detections(square, threshold) for model in self.models]
+        detections, scores = torch.cat([d for d, _ in found]), torch.cat([s for _, s in found])
+        faces = []
+        shift = np.array(offset, dtype=np.float64)
+        for detection, score in weighted_nms(detections, scores):
+            points = detection.double().numpy().reshape(8, 2) * side - shift  # square -> image pixels
+            box = tuple(float(v) for v in points[:2].ravel())
+            faces.append(Face(box, score, five_points(points[2:])))
+        return faces
