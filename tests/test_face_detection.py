@@ -1,0 +1,205 @@
+"""The shipped BlazeFace detector on real photos (scikit-image's sample data): faces found, their
+eyes, nose and mouth where a person marked them, nothing found where there is no face, and
+face_restore changing the face region only."""
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skimage import data as skimage_data
+
+from nodes.core.blazeface import TfliteNet, _resize_legacy, _same_padding, five_points
+from nodes.core.faces import FFHQ_TEMPLATE, align_face
+from nodes.restoration import FaceRestoreInvocation
+from services.engine.events import NODE_PROGRESS
+from services.engine.session import COMPLETED
+from services.models.face_detectors import BLAZEFACE_DIR, BLAZEFACE_FILES, DETECTORS, load_blazeface
+from services.models.restoration_files import write_tiny_face_restorer
+from services.models.tflite_graph import read_tflite
+
+# Marked by eye on a 6x enlargement of data.astronaut() (512x512), in pixels: the pupils (image
+# left, image right), the nose tip, the mouth centre (between the lips), the mouth corners.
+ASTRONAUT = np.array([[203, 101], [245, 103], [223, 127], [223, 146]], dtype=np.float64)
+ASTRONAUT_MOUTH_CORNERS = np.array([[203, 140], [243, 142]], dtype=np.float64)
+TOLERANCE = 8.0  # px: a fifth of the 42 px between the eyes (BlazeFace's keypoints are coarse)
+CORNER_TOLERANCE = 10.0  # the corners are derived from BlazeFace's mouth centre and the eye line
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_blazeface()
+
+
+def astronaut() -> Image.Image:
+    return Image.fromarray(skimage_data.astronaut())
+
+
+def assert_landmarks(found: np.ndarray, expected: np.ndarray, corners: np.ndarray | None = None) -> None:
+    """found: the five FFHQ points; expected: eyes, nose, mouth centre (the corners' midpoint)."""
+    measured = np.vstack([found[:3], found[3:].mean(0)])
+    errors = np.linalg.norm(measured - expected, axis=1)
+    assert errors.max() <= TOLERANCE, errors
+    if corners is not None:
+        assert np.linalg.norm(found[3:] - corners, axis=1).max() <= CORNER_TOLERANCE, found[3:]
+
+
+def test_finds_the_astronauts_face_and_its_landmarks(detector):
+    (face,) = detector.detect(astronaut())
+    assert face.score > 0.9
+    x0, y0, x1, y1 = face.box
+    assert 165 <= x0 <= 185 and 65 <= y0 <= 90 and 265 <= x1 <= 285 and 165 <= y1 <= 190  # forehead to chin
+    assert_landmarks(face.landmarks, ASTRONAUT, ASTRONAUT_MOUTH_CORNERS)
+
+
+def test_mirrored_face_keeps_the_image_left_eye_first(detector):
+    (face,) = detector.detect(astronaut().transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    mirrored = np.column_stack([511 - ASTRONAUT[:, 0], ASTRONAUT[:, 1]])[[1, 0, 2, 3]]
+    assert_landmarks(face.landmarks, mirrored)
+
+
+@pytest.mark.parametrize("angle", [-25, 25])
+def test_rotated_face(detector, angle):
+    (face,) = detector.detect(astronaut().rotate(angle, resample=Image.Resampling.BICUBIC))
+    theta = np.radians(angle)  # PIL turns the picture counter-clockwise about its centre
+    rotation = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+    expected = (ASTRONAUT - 256) @ rotation.T + 256
+    assert_landmarks(face.landmarks, expected)
+
+
+def test_no_face_in_the_coffee_photo(detector):
+    assert detector.detect(Image.fromarray(skimage_data.coffee())) == []
+
+
+def test_lfw_faces_are_found_and_non_faces_are_not(detector):
+    """lfw_subset: 100 face crops then 100 non-face crops, 25x25 grey; enlarged to a small photo."""
+    crops = skimage_data.lfw_subset()
+
+    def found(crop: np.ndarray) -> bool:
+        image = Image.fromarray((crop * 255).astype(np.uint8)).convert("RGB").resize((100, 100), Image.Resampling.BICUBIC)
+        return bool(detector.detect(image))
+
+    faces = sum(found(c) for c in crops[:100])
+    false = sum(found(c) for c in crops[100:])
+    assert faces >= 95 and false <= 2, (faces, false)  # measured: 97 and 1
+
+
+def test_several_faces_in_one_picture(detector):
+    group = Image.new("RGB", (1100, 420), (70, 90, 110))
+    for x in (0, 560):
+        group.paste(astronaut().resize((400, 400)), (x + 40, 10))
+    faces = detector.detect(group)
+    assert len(faces) == 2
+    centres = sorted((f.box[0] + f.box[2]) / 2 for f in faces)
+    expected = [40 + x + 223 * 400 / 512 for x in (0, 560)]  # each face's nose column
+    assert np.allclose(centres, expected, atol=12)
+
+
+def test_five_points_put_the_mouth_corners_at_the_template_proportion():
+    eyes_nose_mouth = np.array([[0.0, 0.0], [10.0, 0.0], [5.0, 5.0], [5.0, 10.0]])
+    corners = five_points(np.vstack([eyes_nose_mouth, [[-3.0, 2.0], [13.0, 2.0]]]))[3:]
+    template_ratio = np.linalg.norm(FFHQ_TEMPLATE[4] - FFHQ_TEMPLATE[3]) / np.linalg.norm(FFHQ_TEMPLATE[1] - FFHQ_TEMPLATE[0])
+    assert np.allclose(corners, [[5 - 5 * template_ratio, 10], [5 + 5 * template_ratio, 10]])
+
+
+# --------------------------------------------------------------------------------------------
+# The .tflite reader and the operators' TensorFlow semantics
+
+
+def test_tflite_files_read_into_graphs_of_known_operators():
+    for name, file in BLAZEFACE_FILES.items():
+        graph = read_tflite(BLAZEFACE_DIR / file)
+        assert graph.input_size == {"short_range": 128, "full_range": 192}[name]
+        assert {op.kind for op in graph.ops} <= TfliteNet.SUPPORTED  # DEQUANTIZE folded into float32 weights
+        assert all(c.dtype in (np.float32, np.int32) for c in graph.constants.values())
+
+
+def test_a_file_that_is_not_tflite_is_refused(tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="model.tflite: not a TensorFlow Lite file"):
+        read_tflite(path)
+
+
+def test_same_padding_puts_the_odd_pixel_after():
+    assert _same_padding(128, 5, 2) == (1, 2)  # TensorFlow: 2 before would shift the stride-2 grid
+    assert _same_padding(64, 3, 1) == (1, 1)
+    assert _same_padding(64, 2, 2) == (0, 0)
+
+
+def test_legacy_bilinear_resize_samples_at_destination_times_scale():
+    x = torch.arange(3.0).reshape(1, 1, 1, 3)
+    assert torch.allclose(_resize_legacy(x, 1, 6), torch.tensor([[[[0.0, 0.5, 1.0, 1.5, 2.0, 2.0]]]]))
+
+
+# --------------------------------------------------------------------------------------------
+# face_restore on the astronaut
+
+
+def test_detector_choices_match_the_node_field():
+    assert typing.get_args(FaceRestoreInvocation.model_fields["detector"].annotation) == DETECTORS
+
+
+@pytest.fixture
+def restorer_models(user_root, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    write_tiny_face_restorer(folder / "faces" / "tiny-restoreformer.pth")
+    monkeypatch.setenv("INVOKE_NODES_MODELS", str(folder))
+    return folder
+
+
+def restore(invoker, image: Image.Image, **fields):
+    services = invoker.services
+    (model,) = services.models.list("face_restore")
+    messages: list[str] = []
+    services.events.subscribe(lambda e: messages.append(e.data.get("message", ""))
+                              if e.type == NODE_PROGRESS and e.node_id == "2" else None)
+    session = invoker.create_session()
+    session.add_node({"type": "load_image", "image_name": services.images.save(image).image_name})
+    session.add_node({"type": "face_restore", "model": model.id, **fields}, [(-1, "image", "image")])
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 120)
+    row = session.results["2"][0]
+    assert row.state == COMPLETED, row.error
+    return row.outputs, np.asarray(services.images.get(row.outputs["image"]["image_name"]), dtype=np.int16), messages
+
+
+def test_face_restore_changes_only_the_astronauts_face(restorer_models, invoker, detector):
+    source = astronaut()
+    outputs, result, messages = restore(invoker, source)
+    original = np.asarray(source, dtype=np.int16)
+    assert result.shape == original.shape and (outputs["width"], outputs["height"]) == source.size
+    (box,) = outputs["faces"]
+    assert 165 <= box["x"] <= 185 and 65 <= box["y"] <= 90 and 90 <= box["width"] <= 110 and box["score"] > 0.9
+    changed = np.abs(result - original).max(2) > 0
+    assert changed[ASTRONAUT[:, 1].astype(int), ASTRONAUT[:, 0].astype(int)].all()  # eyes, nose, mouth restored
+    # the feathered paste stays inside the aligned 512 crop mapped back onto the photo
+    (face,) = detector.detect(source)
+    _, matrix = align_face(source, face)
+    crop_corners = np.array([[0, 0], [512, 0], [0, 512], [512, 512]], dtype=np.float64)
+    back = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    corners = crop_corners @ back[:, :2].T + back[:, 2]
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 1
+    assert 0 < x0 and 0 < y0 and x1 < 511 and y1 < 511  # the crop lies inside the photo: a real test
+    outside = np.ones_like(changed)
+    outside[y0:y1, x0:x1] = False
+    assert not changed[outside].any() and changed[y0:y1, x0:x1].sum() > 5000
+    assert messages[-1] == "1 face restored"
+
+
+def test_face_restore_without_a_face_passes_the_image_through(restorer_models, invoker):
+    source = Image.fromarray(skimage_data.coffee())
+    outputs, result, messages = restore(invoker, source)
+    assert outputs["faces"] == [] and np.array_equal(result, np.asarray(source))
+    assert messages[-1] == "no face found: image unchanged"
+
+
+def test_face_restore_skips_faces_below_the_minimum_size(restorer_models, invoker):
+    source = astronaut()
+    outputs, result, messages = restore(invoker, source, min_face_size=150)
+    assert outputs["faces"] == [] and np.array_equal(result, np.asarray(source))
+    assert messages[-1] == "no face found (1 smaller than 150 px): image unchanged"
