@@ -25,8 +25,10 @@ from services.models.tflite_graph import read_tflite
 # left, image right), the nose tip, the mouth centre (between the lips), the mouth corners.
 ASTRONAUT = np.array([[203, 101], [245, 103], [223, 127], [223, 146]], dtype=np.float64)
 ASTRONAUT_MOUTH_CORNERS = np.array([[203, 140], [243, 142]], dtype=np.float64)
-TOLERANCE = 8.0  # px: a fifth of the 42 px between the eyes (BlazeFace's keypoints are coarse)
-CORNER_TOLERANCE = 10.0  # the corners are derived from BlazeFace's mouth centre and the eye line
+TOLERANCE = 5.0  # px: an eighth of the 42 px between the eyes
+CORNER_TOLERANCE = 10.0  # derived from BlazeFace's mouth centre (the lips', lower in a smile) and the eye line
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,12 @@ def astronaut() -> Image.Image:
     return Image.fromarray(skimage_data.astronaut())
 
 
-def assert_landmarks(found: np.ndarray, expected: np.ndarray, corners: np.ndarray | None = None) -> None:
+def assert_landmarks(found: np.ndarray, expected: np.ndarray, corners: np.ndarray | None = None,
+                     tolerance: float = TOLERANCE) -> None:
     """found: the five FFHQ points; expected: eyes, nose, mouth centre (the corners' midpoint)."""
     measured = np.vstack([found[:3], found[3:].mean(0)])
     errors = np.linalg.norm(measured - expected, axis=1)
-    assert errors.max() <= TOLERANCE, errors
+    assert errors.max() <= tolerance, errors
     if corners is not None:
         assert np.linalg.norm(found[3:] - corners, axis=1).max() <= CORNER_TOLERANCE, found[3:]
 
@@ -84,18 +87,20 @@ def test_lfw_faces_are_found_and_non_faces_are_not(detector):
 
     faces = sum(found(c) for c in crops[:100])
     false = sum(found(c) for c in crops[100:])
-    assert faces >= 95 and false <= 2, (faces, false)  # measured: 97 and 1
+    assert faces >= 95 and false <= 2, (faces, false)  # measured: 97 and 0
 
 
-def test_several_faces_in_one_picture(detector):
-    group = Image.new("RGB", (1100, 420), (70, 90, 110))
-    for x in (0, 560):
-        group.paste(astronaut().resize((400, 400)), (x + 40, 10))
-    faces = detector.detect(group)
-    assert len(faces) == 2
-    centres = sorted((f.box[0] + f.box[2]) / 2 for f in faces)
-    expected = [40 + x + 223 * 400 / 512 for x in (0, 560)]  # each face's nose column
-    assert np.allclose(centres, expected, atol=12)
+def test_several_faces_of_different_sizes(detector):
+    """Four astronauts in a 1640x700 picture, faces of 117 down to 47 px (2.9% of the width)."""
+    group = Image.new("RGB", (1640, 700), (70, 90, 110))
+    sizes, lefts, top = (600, 400, 300, 240), (20, 640, 1060, 1380), 40
+    for size, left in zip(sizes, lefts):
+        group.paste(astronaut().resize((size, size), Image.Resampling.LANCZOS), (left, top))
+    faces = sorted(detector.detect(group), key=lambda f: f.box[0])
+    assert len(faces) == 4
+    for face, size, left in zip(faces, sizes, lefts):
+        scale = size / 512
+        assert_landmarks(face.landmarks, ASTRONAUT * scale + (left, top), tolerance=TOLERANCE * max(scale, 0.7))
 
 
 def test_five_points_put_the_mouth_corners_at_the_template_proportion():
