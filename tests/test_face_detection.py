@@ -7,12 +7,11 @@ import typing
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from skimage import data as skimage_data
 
-from nodes.core.blazeface import TfliteNet, _resize_legacy, _same_padding, five_points
+from nodes.core.blazeface import GraphOp, TfliteGraph, TfliteNet, _same_padding, five_points
 from nodes.core.faces import FFHQ_TEMPLATE, align_face
 from nodes.restoration import FaceRestoreInvocation
 from services.engine.events import NODE_PROGRESS
@@ -135,9 +134,13 @@ def test_same_padding_puts_the_odd_pixel_after():
     assert _same_padding(64, 2, 2) == (0, 0)
 
 
-def test_legacy_bilinear_resize_samples_at_destination_times_scale():
-    x = torch.arange(3.0).reshape(1, 1, 1, 3)
-    assert torch.allclose(_resize_legacy(x, 1, 6), torch.tensor([[[[0.0, 0.5, 1.0, 1.5, 2.0, 2.0]]]]))
+def test_a_graph_with_operators_not_implemented_is_refused():
+    graph = TfliteGraph([GraphOp("SOFTMAX", (0,), (1,))], {}, 0, (1,), 128)
+    with pytest.raises(ValueError, match="other.tflite: unsupported TFLite operators SOFTMAX"):
+        TfliteNet(graph, "other.tflite")
+    resize = GraphOp("RESIZE_BILINEAR", (0, 1), (2,), {"align_corners": True, "half_pixel_centers": False})
+    with pytest.raises(ValueError, match="other.tflite: only half-pixel-centre bilinear resizing"):
+        TfliteNet(TfliteGraph([resize], {1: np.array([4, 4], np.int32)}, 0, (2,), 128), "other.tflite")
 
 
 # --------------------------------------------------------------------------------------------

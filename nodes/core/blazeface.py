@@ -99,6 +99,11 @@ class TfliteNet(nn.Module):
         unknown = sorted({op.kind for op in graph.ops} - self.SUPPORTED)
         if unknown:
             raise ValueError(f"{name}: unsupported TFLite operators {', '.join(unknown)}")
+        for op in graph.ops:
+            if op.options.get("activation", 0) not in _ACTIVATIONS:
+                raise ValueError(f"{name}: {op.kind} with unsupported fused activation {op.options['activation']}")
+            if op.kind == "RESIZE_BILINEAR" and (op.options["align_corners"] or not op.options["half_pixel_centers"]):
+                raise ValueError(f"{name}: only half-pixel-centre bilinear resizing is supported")
         self.graph = graph
         self._weights: dict[int, str] = {}
         for op in graph.ops:
@@ -134,7 +139,7 @@ class TfliteNet(nn.Module):
             x = F.conv2d(x, weight, bias, o["stride"], 0, o["dilation"], groups)
             return _ACTIVATIONS[o["activation"]](x)
         if op.kind == "ADD":
-            return _ACTIVATIONS[o["activation"]](x + self._operand(op.inputs[1], values))
+            return _ACTIVATIONS[o["activation"]](x + values[op.inputs[1]])
         if op.kind == "RELU":
             return F.relu(x)
         if op.kind == "MAX_POOL_2D":
@@ -143,18 +148,12 @@ class TfliteNet(nn.Module):
                 left, right = _same_padding(x.shape[3], o["filter"][1], o["stride"][1])
                 x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
             return F.max_pool2d(x, o["filter"], o["stride"])
-        if op.kind == "PAD":
-            pads = self.graph.constants[op.inputs[1]]  # NHWC (before, after) per axis
-            order = (2, 1, 3, 0) if x.dim() == 4 else tuple(reversed(range(x.dim())))  # F.pad: last axis first
-            flat = [int(v) for axis in order for v in pads[axis]]
-            return F.pad(x, flat)
-        if op.kind == "RESIZE_BILINEAR":
+        if op.kind == "PAD":  # BlazeFace pads channels: 4-D tensors
+            pads = self.graph.constants[op.inputs[1]]  # (before, after) per NHWC axis
+            return F.pad(x, [int(v) for axis in (2, 1, 3, 0) for v in pads[axis]])  # F.pad: W, H, C, N of NCHW
+        if op.kind == "RESIZE_BILINEAR":  # half-pixel centres (checked in __init__), as PyTorch's default
             height, width = (int(v) for v in self.graph.constants[op.inputs[1]])
-            if o["align_corners"]:
-                return F.interpolate(x, (height, width), mode="bilinear", align_corners=True)
-            if o["half_pixel_centers"]:
-                return F.interpolate(x, (height, width), mode="bilinear", align_corners=False)
-            return _resize_legacy(x, height, width)
+            return F.interpolate(x, (height, width), mode="bilinear", align_corners=False)
         if op.kind == "RESHAPE":
             if x.dim() == 4:
                 x = x.permute(0, 2, 3, 1)  # the file's shapes are NHWC
@@ -166,24 +165,6 @@ class TfliteNet(nn.Module):
                 axis = (0, 2, 3, 1)[axis]
             return _ACTIVATIONS[o["activation"]](torch.cat(parts, axis))
         raise AssertionError(op.kind)  # excluded in __init__
-
-    def _operand(self, index: int, values: dict[int, torch.Tensor]) -> torch.Tensor:
-        if index in values:
-            return values[index]
-        constant = torch.from_numpy(self.graph.constants[index])
-        return constant.permute(0, 3, 1, 2) if constant.dim() == 4 else constant
-
-
-def _resize_legacy(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """TensorFlow's bilinear resize without half-pixel centres: source = destination * in / out."""
-    def taps(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        position = torch.arange(size_out, dtype=torch.float32) * (size_in / size_out)
-        low = position.floor().long().clamp(max=size_in - 1)
-        return low, (low + 1).clamp(max=size_in - 1), position - low
-    y0, y1, fy = taps(x.shape[2], height)
-    x0, x1, fx = taps(x.shape[3], width)
-    rows = x[:, :, y0] * (1 - fy)[:, None] + x[:, :, y1] * fy[:, None]
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
 
 
 def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ def find_detector(models_dir: str | Path, name: str = RETINAFACE) -> Path:
     if not path.is_file():
         raise DetectorMissingError(
             f"face detector weights not found: {path}. Put facexlib's {path.name} there "
-            f"(from {DETECTOR_SOURCE}), or set aligned=true for an already aligned face"
+            f"(from {DETECTOR_SOURCE}), choose detector 'blazeface' (shipped with the app), "
+            f"or set aligned=true for an already aligned face"
         )
     return path
 
@@ -86,11 +87,11 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Retin
     return _cached(path, device, lambda: RetinaFaceDetector(read_state_dict(path, lazy=False), path.name, device))
 
 
-def load_blazeface(device: str | torch.device = "cpu", folder: Path = BLAZEFACE_DIR) -> BlazeFaceDetector:
-    """BlazeFace short and full range, from the .tflite files shipped in `folder`."""
+def load_blazeface(device: str | torch.device = "cpu") -> BlazeFaceDetector:
+    """BlazeFace short and full range, from the .tflite files shipped in assets/face_detection."""
     from services.models.tflite_graph import read_tflite
 
-    paths = {name: folder / file for name, file in BLAZEFACE_FILES.items()}
+    paths = {name: BLAZEFACE_DIR / file for name, file in BLAZEFACE_FILES.items()}
     for path in paths.values():
         if not path.is_file():
             raise DetectorMissingError(f"the shipped BlazeFace model is missing: {path} (reinstall invoke-nodes)")
@@ -100,7 +101,7 @@ def load_blazeface(device: str | torch.device = "cpu", folder: Path = BLAZEFACE_
 
 def open_detector(models_dir: str | Path, name: str, device: str | torch.device = "cpu") -> Any:
     """The loaded detector `name` (`detect(image)` -> faces).  auto: RetinaFace when its weights are
-    in the models folder (the more accurate landmarks), else the shipped BlazeFace."""
+    in the models folder (the detector GFPGAN's own pipeline uses), else the shipped BlazeFace."""
     if name not in DETECTORS:
         raise KeyError(f"unknown face detector '{name}' (known: {', '.join(DETECTORS)})")
     if name == AUTO:
