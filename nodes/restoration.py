@@ -116,8 +116,9 @@ class FaceRestoreInvocation(BaseInvocation):
 
     @classmethod
     def migrate(cls, values: dict[str, Any], from_version: str) -> dict[str, Any]:
-        if from_version == "1.0.0":  # 1.1.0 added detectors, min_face_size and the faces output: old values still hold
-            return values
+        if from_version == "1.0.0":  # 1.1.0 added detectors, min_face_size and the faces output
+            # retinaface_resnet50 was the only detector then, not a choice: let auto fall back to BlazeFace
+            return {**values, "detector": "auto"} if values.get("detector") == "retinaface_resnet50" else values
         return super().migrate(values, from_version)
 
     def invoke(self, context: InvocationContext) -> FaceRestoreOutput:

@@ -151,6 +151,13 @@ def test_detector_choices_match_the_node_field():
     assert typing.get_args(FaceRestoreInvocation.model_fields["detector"].annotation) == DETECTORS
 
 
+def test_sessions_saved_before_blazeface_get_the_auto_detector():
+    old = {"model": "gfpgan", "detector": "retinaface_resnet50", "max_faces": 2}
+    assert FaceRestoreInvocation.migrate(old, "1.0.0") == {"model": "gfpgan", "detector": "auto", "max_faces": 2}
+    with pytest.raises(ValueError, match="saved with version 0.9.0"):
+        FaceRestoreInvocation.migrate(old, "0.9.0")
+
+
 @pytest.fixture
 def restorer_models(user_root, tmp_path, monkeypatch):
     folder = tmp_path / "models"
