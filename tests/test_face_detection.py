@@ -14,8 +14,11 @@ from skimage import data as skimage_data
 from nodes.core.blazeface import GraphOp, TfliteGraph, TfliteNet, _same_padding, five_points
 from nodes.core.faces import FFHQ_TEMPLATE, align_face
 from nodes.restoration import FaceRestoreInvocation
+from services.config import Settings
+from services.container import IN_PROCESS, WORKER, Services
 from services.engine.events import NODE_PROGRESS
 from services.engine.session import COMPLETED
+from services.invoker import Invoker
 from services.models.face_detectors import BLAZEFACE_DIR, BLAZEFACE_FILES, DETECTORS, load_blazeface
 from services.models.restoration_files import write_tiny_face_restorer
 from services.models.tflite_graph import read_tflite
@@ -158,31 +161,37 @@ def test_sessions_saved_before_blazeface_get_the_auto_detector():
         FaceRestoreInvocation.migrate(old, "0.9.0")
 
 
-@pytest.fixture
-def restorer_models(user_root, tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    write_tiny_face_restorer(folder / "faces" / "tiny-restoreformer.pth")
-    monkeypatch.setenv("INVOKE_NODES_MODELS", str(folder))
-    return folder
+@pytest.fixture(scope="module", params=[IN_PROCESS, WORKER])
+def invoker(tmp_path_factory, request):
+    """Both executors: face_restore runs in the AI worker process in the app."""
+    root = tmp_path_factory.mktemp("faces")
+    models = root / "models"
+    write_tiny_face_restorer(models / "faces" / "tiny-restoreformer.pth")
+    settings = Settings(data_dir=root, config_dir=root / "config", models_dir=models, outputs_dir=root / "outputs",
+                        sessions_dir=root / "sessions", plugins_dir=root / "plugins", device="cpu")
+    invoker = Invoker(Services.local(settings, executor=request.param))
+    yield invoker
+    invoker.shutdown()
 
 
 def restore(invoker, image: Image.Image, **fields):
     services = invoker.services
     (model,) = services.models.list("face_restore")
     messages: list[str] = []
-    services.events.subscribe(lambda e: messages.append(e.data.get("message", ""))
-                              if e.type == NODE_PROGRESS and e.node_id == "2" else None)
     session = invoker.create_session()
+    token = services.events.subscribe(lambda e: messages.append(e.data.get("message", ""))
+                                      if e.type == NODE_PROGRESS and e.node_id == "2" else None, session.id)
     session.add_node({"type": "load_image", "image_name": services.images.save(image).image_name})
     session.add_node({"type": "face_restore", "model": model.id, **fields}, [(-1, "image", "image")])
     invoker.invoke(session)
     assert invoker.wait(session.id, 120)
+    services.events.unsubscribe(token)
     row = session.results["2"][0]
     assert row.state == COMPLETED, row.error
     return row.outputs, np.asarray(services.images.get(row.outputs["image"]["image_name"]), dtype=np.int16), messages
 
 
-def test_face_restore_changes_only_the_astronauts_face(restorer_models, invoker, detector):
+def test_face_restore_changes_only_the_astronauts_face(invoker, detector):
     source = astronaut()
     outputs, result, messages = restore(invoker, source)
     original = np.asarray(source, dtype=np.int16)
@@ -206,14 +215,14 @@ def test_face_restore_changes_only_the_astronauts_face(restorer_models, invoker,
     assert messages[-1] == "1 face restored"
 
 
-def test_face_restore_without_a_face_passes_the_image_through(restorer_models, invoker):
+def test_face_restore_without_a_face_passes_the_image_through(invoker):
     source = Image.fromarray(skimage_data.coffee())
     outputs, result, messages = restore(invoker, source)
     assert outputs["faces"] == [] and np.array_equal(result, np.asarray(source))
     assert messages[-1] == "no face found: image unchanged"
 
 
-def test_face_restore_skips_faces_below_the_minimum_size(restorer_models, invoker):
+def test_face_restore_skips_faces_below_the_minimum_size(invoker):
     source = astronaut()
     outputs, result, messages = restore(invoker, source, min_face_size=150)
     assert outputs["faces"] == [] and np.array_equal(result, np.asarray(source))
