@@ -2,7 +2,7 @@
 
 The network is built from the file's own operators (convolutions, depthwise convolutions, adds,
 pads, pools, bilinear upsampling, reshapes), so the short- and full-range models need no
-hand-written architecture; services/models/face_detectors.py reads the flatbuffer into a
+hand-written architecture; services/models/tflite_graph.py reads the flatbuffer into a
 `TfliteGraph`.  Decoding follows MediaPipe's face_detection_*_common.pbtxt: SSD anchors of unit
 size, box and six keypoints as pixel offsets at the model's input size, sigmoid scores, weighted
 non-maximum suppression.
@@ -25,7 +25,8 @@ NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold
 RAW_SCORE_LIMIT = 100.0  # MediaPipe clips the logits before the sigmoid
 # Mouth width over eye distance in the FFHQ template: BlazeFace gives only the mouth centre, so
 # its corners are placed along the eye line at the template's proportion.
-MOUTH_TO_EYES = float(np.linalg.norm(FFHQ_TEMPLATE[4] - FFHQ_TEMPLATE[3]) / np.linalg.norm(FFHQ_TEMPLATE[1] - FFHQ_TEMPLATE[0]))
+MOUTH_TO_EYES = float(np.linalg.norm(FFHQ_TEMPLATE[4] - FFHQ_TEMPLATE[3])
+                      / np.linalg.norm(FFHQ_TEMPLATE[1] - FFHQ_TEMPLATE[0]))
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ class BlazeFaceNet:
             regressors, logits = self.network(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).to(self.device))
         raw = regressors[0].float().cpu().reshape(-1, 8, 2) / size
         scores = torch.sigmoid(logits[0, :, 0].float().cpu().clamp(-RAW_SCORE_LIMIT, RAW_SCORE_LIMIT))
-        keep = scores > threshold
+        keep = (scores > threshold) & (raw[:, 1] > 0).all(1)  # MediaPipe drops boxes without width or height
         raw, scores, centres = raw[keep], scores[keep], self.anchors[keep]
         centre, extent = raw[:, 0] + centres, raw[:, 1]
         points = torch.cat([centre - extent / 2, centre + extent / 2, (raw[:, 2:] + centres[:, None]).reshape(-1, 12)], 1)
@@ -240,10 +241,10 @@ class BlazeFaceDetector:
 
     Proposals come from the short-range model on the whole image (faces that fill much of it) and
     the full-range model on the whole image and, for large images, on overlapping half-size tiles
-    (faces down to ~3% of the longer side: ~6% of a tile).  Each proposal is then looked at again by the
-    short-range model in a square of REFINE_CONTEXT times its size, where the face fills the input
-    as that model expects: its keypoints are 2-3x closer to hand-marked ones than those of the
-    first pass, and a proposal it does not confirm is dropped.
+    (it finds faces down to ~6% of its input: ~3% of the longer side).  Each proposal is then looked
+    at again by the short-range model in a square of REFINE_CONTEXT times its size, where the face
+    fills the input as that model expects: its keypoints are 2-3x closer to hand-marked ones than
+    those of the first pass, and a proposal it does not confirm is dropped.
     """
 
     REFINE_CONTEXT = 2.5
@@ -254,7 +255,8 @@ class BlazeFaceDetector:
         if missing:
             raise ValueError(f"BlazeFace needs the {' and '.join(sorted(missing))} model too")
         device = torch.device(device)
-        self.short, self.full = (BlazeFaceNet(graphs[name], SPECS[name], name, device) for name in ("short_range", "full_range"))
+        self.short, self.full = (BlazeFaceNet(graphs[name], SPECS[name], name, device)
+                                 for name in ("short_range", "full_range"))
 
     def _proposals(self, image: Image.Image, threshold: float) -> list[tuple[torch.Tensor, float]]:
         side = max(image.size)
