@@ -6,8 +6,9 @@ import contextlib
 from typing import Any, ClassVar, Iterator, Literal
 
 from PIL import Image
+from pydantic import BaseModel
 
-from .base import BaseInvocation, ImageField, InputField, NodeInputError
+from .base import BaseInvocation, ImageField, InputField, NodeInputError, OutputField
 from .context import InvocationContext
 from .outputs import ImageOutput
 
@@ -75,14 +76,31 @@ class UpscaleInvocation(BaseInvocation):
         return _stored(context, result)
 
 
+class FaceBox(BaseModel):
+    """Where a face is, in image pixels (clipped to the image), and the detector's confidence."""
+
+    type_tag: ClassVar[str] = "face_box"
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float
+
+
+class FaceRestoreOutput(ImageOutput):
+    faces: list[FaceBox] = OutputField(description="The restored faces' boxes, best score first (empty: none found)")
+
+
 class FaceRestoreInvocation(BaseInvocation):
     """Restore faces with GFPGAN or RestoreFormer: detect and align each face, restore it, paste it back.
 
     With `aligned` the input is taken as one already aligned face crop (e.g. 512x512): no detector.
+    Without a face (or none as large as `min_face_size`) the image passes through unchanged.
     """
 
     type: Literal["face_restore"] = "face_restore"
     category: ClassVar[str] = "restoration"
+    version: ClassVar[str] = "1.1.0"
     runs_in_worker: ClassVar[bool] = True
     tags: ClassVar[tuple[str, ...]] = ("face", "gfpgan", "restoreformer")
     image: ImageField = InputField(description="Image with faces, or one aligned face")
@@ -90,19 +108,29 @@ class FaceRestoreInvocation(BaseInvocation):
                             kind="model", model_kind=FACE_RESTORE)
     fidelity: float = InputField(0.0, ge=0, le=1, description="0: fully restored faces; 1: the original faces")
     aligned: bool = InputField(False, description="The image is one aligned face crop: restore it whole, no detector")
-    detector: Literal["retinaface_resnet50"] = InputField(
-        "retinaface_resnet50", description="Face detector; its weights are read from <models folder>/face_detection")
+    detector: Literal["auto", "retinaface_resnet50", "blazeface"] = InputField(
+        "auto", description="Face detector. auto: RetinaFace when <models folder>/face_detection holds its weights, "
+                            "else BlazeFace (shipped with the app)")
     max_faces: int = InputField(0, ge=0, le=100, description="Restore at most this many faces, largest score first (0: all)")
+    min_face_size: int = InputField(32, ge=0, le=4096, description="Skip faces whose box is smaller than this many pixels")
 
-    def invoke(self, context: InvocationContext) -> ImageOutput:
+    @classmethod
+    def migrate(cls, values: dict[str, Any], from_version: str) -> dict[str, Any]:
+        if from_version == "1.0.0":  # 1.1.0 added detectors, min_face_size and the faces output
+            # retinaface_resnet50 was the only detector then, not a choice: let auto fall back to BlazeFace
+            return {**values, "detector": "auto"} if values.get("detector") == "retinaface_resnet50" else values
+        return super().migrate(values, from_version)
+
+    def invoke(self, context: InvocationContext) -> FaceRestoreOutput:
         image = context.images.get(self.image)
         detector = None if self.aligned else self._detector(context)  # before a costly model load
         with _using_model(context, self.model, FACE_RESTORE) as descriptor:
             if detector is None:
                 result = self._restore_aligned(context, descriptor, image)
+                boxes = [FaceBox(x=0, y=0, width=image.width, height=image.height, score=1.0)]
             else:
-                result = self._restore_detected(context, descriptor, detector, image)
-        return _stored(context, result)
+                result, boxes = self._restore_detected(context, descriptor, detector, image)
+        return FaceRestoreOutput(image=context.images.save(result), width=result.width, height=result.height, faces=boxes)
 
     def _detector(self, context: InvocationContext) -> Any:
         try:
@@ -123,19 +151,28 @@ class FaceRestoreInvocation(BaseInvocation):
             restored = restored.resize(image.size, Image.Resampling.LANCZOS)
         return restored if image.mode == "RGB" else restored.convert(image.mode)
 
-    def _restore_detected(self, context: InvocationContext, descriptor: Any, detector: Any, image: Image.Image) -> Image.Image:
+    def _restore_detected(self, context: InvocationContext, descriptor: Any, detector: Any,
+                          image: Image.Image) -> tuple[Image.Image, list[FaceBox]]:
         from .core.faces import align_face, paste_face
 
-        faces = detector.detect(image)
+        found = detector.detect(image)
+        faces = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.min_face_size]
         if self.max_faces:
             faces = faces[: self.max_faces]
         if not faces:
-            context.progress(1, 1, "no face found: image unchanged")
-            return image
+            smaller = f" ({len(found)} smaller than {self.min_face_size} px)" if found else ""
+            context.progress(1, 1, f"no face found{smaller}: image unchanged")
+            return image, []
         result = image
         for number, face in enumerate(faces, 1):
             context.progress(number - 1, len(faces), f"face {number}/{len(faces)}")
             crop, matrix = align_face(image, face)
             result = paste_face(result, self._restore_one(descriptor, crop), matrix)
-        context.progress(len(faces), len(faces), "faces restored")
-        return result
+        context.progress(len(faces), len(faces), f"{len(faces)} face{'s' if len(faces) > 1 else ''} restored")
+        return result, [_box(face.box, face.score, image.size) for face in faces]
+
+
+def _box(box: tuple[float, float, float, float], score: float, size: tuple[int, int]) -> FaceBox:
+    x0, y0 = max(0, round(box[0])), max(0, round(box[1]))
+    x1, y1 = min(size[0], round(box[2])), min(size[1], round(box[3]))
+    return FaceBox(x=x0, y=y0, width=max(0, x1 - x0), height=max(0, y1 - y0), score=round(score, 4))

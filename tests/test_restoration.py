@@ -295,7 +295,8 @@ def test_face_restore_aligned_512_without_detector(models_dir, services, invoker
 
 
 def test_face_restore_names_the_missing_detector(models_dir, services, invoker):
-    row, _ = run_node(invoker, {"type": "face_restore", "model": model_id(services, "face_restore")}, 64, 64)
+    row, _ = run_node(invoker, {"type": "face_restore", "model": model_id(services, "face_restore"),
+                                "detector": "retinaface_resnet50"}, 64, 64)
     expected = models_dir / DETECTOR_DIR / DETECTOR_FILES["retinaface_resnet50"]
     assert row.state == FAILED and "field 'detector'" in row.error
     assert str(expected) in row.error and "aligned=true" in row.error

@@ -1,16 +1,24 @@
-"""Face detector weights: found in the models folder, read as plain tensors, kept loaded one at a time."""
+"""Face detectors: RetinaFace weights found in the models folder (read as plain tensors), or the
+BlazeFace models shipped in assets/face_detection/; kept loaded one at a time."""
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
+from nodes.core.blazeface import BlazeFaceDetector
 from nodes.core.face_detection import RetinaFace, RetinaFaceDetector
 from services.models.restoration_files import read_state_dict
 
+AUTO, RETINAFACE, BLAZEFACE = "auto", "retinaface_resnet50", "blazeface"
+DETECTORS = (AUTO, RETINAFACE, BLAZEFACE)  # the names face_restore's `detector` field offers
 DETECTOR_DIR = "face_detection"
-DETECTOR_FILES = {"retinaface_resnet50": "detection_Resnet50_Final.pth"}
+DETECTOR_FILES = {RETINAFACE: "detection_Resnet50_Final.pth"}
+# shipped with the app: Google MediaPipe's BlazeFace models (Apache 2.0), see NOTICE.md there
+BLAZEFACE_DIR = Path(__file__).resolve().parents[2] / "assets" / DETECTOR_DIR
+BLAZEFACE_FILES = {"short_range": "face_detection_short_range.tflite", "full_range": "face_detection_full_range.tflite"}
 DETECTOR_SOURCE = "https://github.com/xinntao/facexlib/releases (detection_Resnet50_Final.pth)"
 
 
@@ -18,17 +26,18 @@ class DetectorMissingError(FileNotFoundError):
     """The detector's weight file is not in the models folder."""
 
 
-def detector_path(models_dir: str | Path, name: str = "retinaface_resnet50") -> Path:
+def detector_path(models_dir: str | Path, name: str = RETINAFACE) -> Path:
     return Path(models_dir) / DETECTOR_DIR / DETECTOR_FILES[name]
 
 
-def find_detector(models_dir: str | Path, name: str = "retinaface_resnet50") -> Path:
+def find_detector(models_dir: str | Path, name: str = RETINAFACE) -> Path:
     """The detector's weight file; DetectorMissingError says where to put it when it is not there."""
     path = detector_path(models_dir, name)
     if not path.is_file():
         raise DetectorMissingError(
             f"face detector weights not found: {path}. Put facexlib's {path.name} there "
-            f"(from {DETECTOR_SOURCE}), or set aligned=true for an already aligned face"
+            f"(from {DETECTOR_SOURCE}), choose detector 'blazeface' (shipped with the app), "
+            f"or set aligned=true for an already aligned face"
         )
     return path
 
@@ -56,19 +65,47 @@ def write_random_detector(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-_cache: dict[tuple[str, int, str], RetinaFaceDetector] = {}
+_cache: dict[tuple[str, int, str], Any] = {}
 _cache_lock = threading.Lock()
 
 
-def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RetinaFaceDetector:
-    """The detector for `path`, kept loaded (one at a time) while the file is unchanged."""
-    path = Path(path)
+def _cached(path: Path, device: str | torch.device, build: Callable[[], Any]) -> Any:
+    """The detector built from `path`, kept loaded (one at a time) while the file is unchanged."""
     key = (str(path), path.stat().st_mtime_ns, str(device))
     with _cache_lock:
         detector = _cache.get(key)
         if detector is None:
-            # weights_only; strips facexlib's "module."
-            detector = RetinaFaceDetector(read_state_dict(path, lazy=False), path.name, device)
-            _cache.clear()  # ~100 MB each: keep only the one in use
+            detector = build()
+            _cache.clear()  # RetinaFace is ~100 MB: keep only the detector in use
             _cache[key] = detector
         return detector
+
+
+def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RetinaFaceDetector:
+    """The RetinaFace detector of a facexlib weight file (read weights_only; "module." stripped)."""
+    path = Path(path)
+    return _cached(path, device, lambda: RetinaFaceDetector(read_state_dict(path, lazy=False), path.name, device))
+
+
+def load_blazeface(device: str | torch.device = "cpu") -> BlazeFaceDetector:
+    """BlazeFace short and full range, from the .tflite files shipped in assets/face_detection."""
+    from services.models.tflite_graph import read_tflite
+
+    paths = {name: BLAZEFACE_DIR / file for name, file in BLAZEFACE_FILES.items()}
+    for path in paths.values():
+        if not path.is_file():
+            raise DetectorMissingError(f"the shipped BlazeFace model is missing: {path} (reinstall invoke-nodes)")
+    return _cached(paths["full_range"], device,
+                   lambda: BlazeFaceDetector({name: read_tflite(path) for name, path in paths.items()}, device))
+
+
+def open_detector(models_dir: str | Path, name: str, device: str | torch.device = "cpu") -> Any:
+    """The loaded detector `name` (`detect(image)` -> faces).  auto: RetinaFace when its weights are
+    in the models folder (the detector GFPGAN's own pipeline uses), else the shipped BlazeFace."""
+    if name not in DETECTORS:
+        raise KeyError(f"unknown face detector '{name}' (known: {', '.join(DETECTORS)})")
+    if name == AUTO:
+        name = RETINAFACE if detector_path(models_dir, RETINAFACE).is_file() else BLAZEFACE
+    if name == BLAZEFACE:
+        return load_blazeface(device)
+    return load_detector(find_detector(models_dir, name), device)

@@ -89,8 +89,10 @@ class ModelManager(ABC):
 
     @abstractmethod
     def face_detector(self, name: str) -> Any:
-        """A loaded face detector (`detect(image)` -> faces).  Raises ModelNotFoundError saying where
-        its weights go when they are missing, ValueError when the file is not such a detector."""
+        """A loaded face detector (`detect(image)` -> faces) by the name face_restore's `detector` field
+        gives ("auto": RetinaFace when its weights are in the models folder, else the shipped BlazeFace).
+        Raises ModelNotFoundError saying where its weights go when they are missing, ValueError when
+        the file is not such a detector."""
 
     @contextlib.contextmanager
     def use(self, *model_ids: str) -> Iterator[list[Any]]:
@@ -467,13 +469,12 @@ class LocalModelManager(ModelManager):
                     entry.pins -= 1
 
     def face_detector(self, name: str) -> Any:
-        from .face_detectors import DetectorMissingError, find_detector, load_detector
+        from .face_detectors import DetectorMissingError, open_detector
 
         try:
-            path = find_detector(self.settings.models_dir, name)
+            return open_detector(self.settings.models_dir, name, self.device)
         except DetectorMissingError as exc:
             raise ModelNotFoundError(str(exc)) from None
-        return load_detector(path, self.device)
 
     def cache_stats(self) -> CacheStats:
         with self._lock:
