@@ -27,9 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def invoker(user_root):
-    settings = Settings.load()
-    settings.worker_hang_s = 3.0
-    invoker = Invoker(Services.local(settings, executor=WORKER))
+    invoker = Invoker(Services.local(Settings.load(), executor=WORKER))
     yield invoker
     invoker.shutdown()
 
@@ -129,6 +127,7 @@ def test_previews_cross_as_small_frames_about_twenty_a_second(invoker):
 
 
 def test_a_worker_silent_past_the_limit_is_stopped_and_reported(invoker):
+    invoker.settings.worker_hang_s = 3.0  # read at each node
     first = row(run_graph(invoker, [{"id": "pid", "type": "test_worker_pid"}]), "pid").outputs["value"]
     began = time.perf_counter()
     session = run_graph(invoker, [{"id": "hang", "type": "test_worker_hang", "seconds": 120}])
