@@ -33,7 +33,7 @@ async def get_writer(request: Request) -> Any:
 
 
 def session_from_path(session_id: SessionId, request: Request) -> Session:
-    """The live session object, also when only the write-behind still holds its latest appends."""
+    """The live session object, also when only the journal holds its latest appends."""
     return request.app.state.writer.get(session_id)
 
 
@@ -79,8 +79,7 @@ def get_session(session: Session = Depends(session_from_path), invoker: Any = De
 def append_node(body: AppendNode, session: Session = Depends(session_from_path),
                 writer: Any = Depends(get_writer)) -> dict[str, Any]:
     links = [link.model_dump(exclude_none=True) for link in body.links]
-    node = session.add_node(body.node, links)
-    writer.mark(session)
+    node = writer.append(session, body.node, links)
     return {"session_id": session.id, "node": node.to_dict(),
             "links": [link.to_dict() for link in session.graph.links_in[node.id]]}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import shutil
 import threading
 import time
 from collections import deque
@@ -561,7 +560,7 @@ class CanvasController:
         if target.suffix.lower() != ".png":
             target = target.with_suffix(".png")
         try:
-            shutil.copyfile(self.invoker.images.path(image_name), target)
+            self.invoker.images.export(image_name, target)
         except (OSError, KeyError) as exc:
             self.report_error(f"Cannot save {target}: {getattr(exc, 'strerror', None) or exc}")
             return False
