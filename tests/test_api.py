@@ -352,6 +352,12 @@ def test_malformed_requests_are_4xx_json(http):
     assert http.get(f"/api/v1/sessions/{sid}").json()["graph"] == {"nodes": [], "links": []}
 
 
+def listed(http) -> list[dict]:
+    """Every session's summary, by id: the list's newest-first order moves when a background
+    checkpoint rewrites a file."""
+    return sorted(http.get("/api/v1/sessions/", params={"limit": 200}).json()["items"], key=lambda item: item["id"])
+
+
 @pytest.mark.parametrize("raw,field", [
     (b'{"nodes": [{"id": "a", "type": "float", "value": NaN}]}', "value"),
     (b'{"nodes": [{"id": "a", "type": "float", "value": 1e999}]}', "value"),
@@ -359,20 +365,20 @@ def test_malformed_requests_are_4xx_json(http):
     (b'{"nodes": [{"id": "a", "type": "string", "\\udfff": 1}]}', "0"),
 ])
 def test_json_that_cannot_be_stored_is_422(http, raw, field):
-    before = http.get("/api/v1/sessions/", params={"limit": 200}).json()["items"]
+    before = listed(http)
     response = http.post("/api/v1/sessions/", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["field"] == field, response.text
-    assert http.get("/api/v1/sessions/", params={"limit": 200}).json()["items"] == before
+    assert listed(http) == before
 
 
 def test_fork_with_bad_value_names_the_field_and_creates_nothing(http):
     sid = create(http, NOISE_GRAPH)["id"]
-    before = http.get("/api/v1/sessions/", params={"limit": 200}).json()["items"]
+    before = listed(http)
     response = http.post(f"/api/v1/sessions/{sid}/fork",
                          json={"op": "set_value", "node_id": "noise", "field": "width", "value": -3})
     assert response.status_code == 422
     assert (response.json()["node_id"], response.json()["field"]) == ("noise", "width")
-    assert http.get("/api/v1/sessions/", params={"limit": 200}).json()["items"] == before
+    assert listed(http) == before
 
 
 @pytest.mark.parametrize("method,path", [
@@ -519,20 +525,21 @@ def test_a_failed_journal_write_refuses_the_append_and_leaves_the_session(invoke
     from services.stores import journal
 
     writer = DurableAppends(invoker, interval=60)  # checkpoints only at close
+    append = lambda *args: asyncio.run(writer.append(*args))  # noqa: E731 - the route awaits it on the server's loop
     try:
         session = invoker.create_session()
-        writer.append(session, {"type": "integer", "value": 1}, [])
+        append(session, {"type": "integer", "value": 1}, [])
 
         def full_disk(fd, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(journal, "write_all", full_disk)
         with pytest.raises(ApiError) as refused:
-            writer.append(session, {"type": "integer", "value": 2}, [("-1", "value", "value")])
+            append(session, {"type": "integer", "value": 2}, [("-1", "value", "value")])
         assert refused.value.status == 507 and "No space left on device" in refused.value.body["message"]
         assert [n.values["value"] for n in session.graph.nodes.values()] == [1] and len(session.graph.links) == 0
         monkeypatch.undo()
-        writer.append(session, {"type": "integer", "value": 3}, [])
+        append(session, {"type": "integer", "value": 3}, [])
     finally:
         writer.close()
     saved = json.loads((invoker.services.sessions.folder / f"{session.id}.json").read_text())

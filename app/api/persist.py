@@ -9,6 +9,7 @@ server loses nothing it acknowledged.  Runs, forks and new sessions are saved wh
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from pathlib import Path
@@ -30,6 +31,7 @@ class DurableAppends:
         self.interval = interval
         self.journal = Journal(Path(invoker.settings.sessions_dir) / "journal")
         self.replay()
+        self._turns: dict[str, asyncio.Lock] = {}  # per session with appends under way
         self._dirty: dict[str, Session] = {}  # changed since the last checkpoint (journaled only)
         self._saving: dict[str, Session] = {}  # taken out of _dirty, being written now
         self._lock = threading.Lock()  # guards _dirty and _saving
@@ -38,21 +40,32 @@ class DurableAppends:
         self._thread = threading.Thread(target=self._run, name="api-checkpoint", daemon=True)
         self._thread.start()
 
-    def append(self, session: Session, node: Any, links: Iterable[Any]) -> GraphNode:
+    async def append(self, session: Session, node: Any, links: Iterable[Any]) -> GraphNode:
         """Validate and append a node; returns once it is on disk.  A bad node raises GraphError,
-        a failed write ApiError 507; either way the session is left as it was."""
-        with session.lock:  # held until the record is on disk: only the last node can be taken back
-            added = session.add_node(node, links)
-            record = {"session": session.id, "node": added.to_dict(),
-                      "links": [[l.from_node, l.from_field, l.to_field] for l in session.graph.links_in[added.id]]}
-            with self._lock:
-                self._dirty[session.id] = session
-            try:
-                self.journal.append(record)
-            except OSError as exc:
-                session.graph.discard_last(added.id)
-                raise ApiError(507, "not_saved", f"the node was not added: the server cannot write its files "
-                                                 f"({exc.strerror or exc})", node_id=added.id) from None
+        a failed write ApiError 507; either way the session is left as it was.
+
+        Runs on the event loop (no thread-pool hop per request); appends to one session take
+        turns, so a failed one is still the last node and can be taken back."""
+        turn = self._turns.setdefault(session.id, asyncio.Lock())
+        try:
+            async with turn:
+                # session.lock stays held until the record is on disk: other threads (a GET, a run,
+                # a checkpoint) never see a node that may yet be taken back.
+                with session.lock:
+                    added = session.add_node(node, links)
+                    record = {"session": session.id, "node": added.to_dict(),
+                              "links": [[l.from_node, l.from_field, l.to_field] for l in session.graph.links_in[added.id]]}
+                    with self._lock:
+                        self._dirty[session.id] = session
+                    try:
+                        await asyncio.wrap_future(self.journal.submit(record))
+                    except OSError as exc:
+                        session.graph.discard_last(added.id)
+                        raise ApiError(507, "not_saved", f"the node was not added: the server cannot write its files "
+                                                         f"({exc.strerror or exc})", node_id=added.id) from None
+        finally:
+            if not turn.locked():
+                self._turns.pop(session.id, None)
         return added
 
     def get(self, session_id: str) -> Session:

@@ -1,9 +1,10 @@
 """An append-only journal of JSON records with group commit.
 
-`append` returns once its record is on disk (written and fdatasync'ed).  The thread that finds
-no flush under way writes every record waiting at that moment with one fdatasync; records that
-arrive meanwhile wait and go together in the next flush.  So one client pays one fdatasync per
-record, and many clients share them.
+`submit` hands a record to the journal's writer thread and returns a future that resolves once
+the record is on disk (written and fdatasync'ed); `append` waits for it.  The writer takes every
+record waiting when it starts a flush and writes them with one fdatasync; records that arrive
+meanwhile go together in the next flush.  So one client pays one fdatasync per record, and many
+clients share them.
 
 The journal is a folder of numbered segment files, one record per line.  Its owner copies what
 the records say into its real files now and then, starts a new segment (`rotate`), and deletes
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,61 +33,54 @@ SEGMENT_BYTES = 1 << 20  # zeros written ahead; records beyond them extend the f
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have only fsync
 
 
-class _Flush:
-    """Records written together.  The thread of the first record writes them when its turn
-    comes; the others sleep until `done` (so a flush wakes only its own threads)."""
-
-    __slots__ = ("lines", "turn", "done", "error")
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.turn = threading.Event()
-        self.done = threading.Event()
-        self.error: OSError | None = None
-
-
 class Journal:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()  # guards _waiting and _flushing
+        self._cond = threading.Condition()  # guards _queue and _closed
+        self._queue: list[tuple[bytes, Future[None]]] = []  # records for the next flush
+        self._closed = False
         self._io = threading.Lock()  # held while writing: rotate and close swap the file between flushes
-        self._waiting = _Flush()  # records for the next flush
-        self._flushing = False  # a flush is being written (or handed to the next one)
         self._broken: OSError | None = None  # a failed write that could not be undone
         self._number = 0
         self._fd, self._number = self._new_segment()
         self._end = 0  # where the next flush writes in the current segment
+        self._writer = threading.Thread(target=self._flush_loop, name="journal-writer", daemon=True)
+        self._writer.start()
 
     # --- writing -----------------------------------------------------------------------------
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably; raises OSError (the record is then not in the journal)."""
+    def submit(self, record: dict[str, Any]) -> Future[None]:
+        """Queue one record; the future resolves once it is on disk, or fails with the OSError
+        (the record is then not in the journal)."""
         line = json.dumps(record, separators=(",", ":")).encode("utf-8")
-        with self._lock:
-            flush = self._waiting
-            flush.lines.append(line)
-            writes = len(flush.lines) == 1
-            if writes and not self._flushing:
-                self._flushing = True
-                flush.turn.set()
-        if not writes:
-            flush.done.wait()
-        else:
-            flush.turn.wait()  # the flush before this one is on disk
-            with self._lock:
-                self._waiting = _Flush()  # from here on records wait for the next flush
+        done: Future[None] = Future()
+        with self._cond:
+            if self._closed:
+                done.set_exception(OSError("the journal is closed"))
+                return done
+            self._queue.append((line, done))
+            self._cond.notify()
+        return done
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record durably (blocks until it is on disk; raises OSError)."""
+        self.submit(record).result()
+
+    def _flush_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
             with self._io:
-                flush.error = self._write(flush.lines)
-            with self._lock:
-                following = self._waiting
-                if following.lines:
-                    following.turn.set()  # its first thread writes it next
-                else:
-                    self._flushing = False
-            flush.done.set()
-        if flush.error is not None:
-            raise _copy(flush.error)
+                error = self._write([line for line, _ in batch])
+            for _, done in batch:
+                if error is None:
+                    done.set_result(None)
+                else:  # a fresh exception per waiter (one instance raised in several places mixes tracebacks)
+                    done.set_exception(OSError(error.errno, error.strerror) if error.errno else OSError(str(error)))
 
     def _write(self, lines: list[bytes]) -> OSError | None:
         # A leading newline keeps the first record on a line of its own even after a torn write.
@@ -144,6 +139,11 @@ class Journal:
                     yield record
 
     def close(self) -> None:
+        """Write what is queued, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._writer.join()
         with self._io:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -168,8 +168,3 @@ def _number(path: Path) -> int:
         return int(path.name[: -len(SUFFIX)])
     except ValueError:
         return -1
-
-
-def _copy(error: OSError) -> OSError:
-    """A fresh exception per waiting thread (raising one instance from several threads mixes tracebacks)."""
-    return OSError(error.errno, error.strerror or str(error)) if error.errno else OSError(str(error))
