@@ -546,6 +546,22 @@ def test_a_failed_journal_write_refuses_the_append_and_leaves_the_session(invoke
     assert [n["value"] for n in saved["graph"]["nodes"]] == [1, 3]
 
 
+def test_concurrent_appends_to_one_session_take_turns(invoker):
+    writer = DurableAppends(invoker, interval=60)
+    session = invoker.create_session()
+
+    async def burst():
+        return await asyncio.gather(*(writer.append(session, {"type": "integer", "value": v}, []) for v in range(30)))
+
+    try:
+        added = asyncio.run(burst())
+        assert sorted(n.values["value"] for n in added) == list(range(30)) and not writer._turns
+    finally:
+        writer.close()
+    saved = json.loads((invoker.services.sessions.folder / f"{session.id}.json").read_text())
+    assert [n["id"] for n in saved["graph"]["nodes"]] == [n.id for n in added]  # in the order they were appended
+
+
 def test_journal_records_that_arrive_together_share_one_fdatasync(tmp_path, monkeypatch):
     from services.stores import journal
 

@@ -25,13 +25,21 @@ from .errors import ApiError
 log = logging.getLogger(__name__)
 
 
+class _Turn:
+    """Appends to one session take turns (on the event loop, where session.lock cannot order them)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0  # appends holding or waiting for the lock: the entry goes with the last
+
+
 class DurableAppends:
     def __init__(self, invoker: Any, interval: float = 1.0) -> None:
         self.invoker = invoker
         self.interval = interval
         self.journal = Journal(Path(invoker.settings.sessions_dir) / "journal")
         self.replay()
-        self._turns: dict[str, asyncio.Lock] = {}  # per session with appends under way
+        self._turns: dict[str, _Turn] = {}  # per session with appends under way
         self._dirty: dict[str, Session] = {}  # changed since the last checkpoint (journaled only)
         self._saving: dict[str, Session] = {}  # taken out of _dirty, being written now
         self._lock = threading.Lock()  # guards _dirty and _saving
@@ -46,9 +54,10 @@ class DurableAppends:
 
         Runs on the event loop (no thread-pool hop per request); appends to one session take
         turns, so a failed one is still the last node and can be taken back."""
-        turn = self._turns.setdefault(session.id, asyncio.Lock())
+        turn = self._turns.setdefault(session.id, _Turn())
+        turn.users += 1
         try:
-            async with turn:
+            async with turn.lock:
                 # session.lock stays held until the record is on disk: other threads (a GET, a run,
                 # a checkpoint) never see a node that may yet be taken back.
                 with session.lock:
@@ -58,14 +67,15 @@ class DurableAppends:
                     with self._lock:
                         self._dirty[session.id] = session
                     try:
-                        await asyncio.wrap_future(self.journal.submit(record))
+                        await self.journal.write(record)
                     except OSError as exc:
                         session.graph.discard_last(added.id)
                         raise ApiError(507, "not_saved", f"the node was not added: the server cannot write its files "
                                                          f"({exc.strerror or exc})", node_id=added.id) from None
         finally:
-            if not turn.locked():
-                self._turns.pop(session.id, None)
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[session.id]
         return added
 
     def get(self, session_id: str) -> Session:
@@ -95,9 +105,9 @@ class DurableAppends:
             for session in self._saving.values():
                 try:
                     # add_session saves it and makes it the invoker's copy again, replacing a
-                    # stale one read from disk meanwhile; the lock keeps a run's results still.
-                    with session.lock:
-                        self.invoker.add_session(session)
+                    # stale one read from disk meanwhile.  Not under session.lock: an append waits
+                    # for it on the event loop, which must not stall for a file's fsyncs.
+                    self.invoker.add_session(session)
                 except OSError as exc:  # a full disk must not stop the server: the journal keeps the appends
                     log.error("saving session %s failed: %s; retrying at the next checkpoint", session.id, exc)
                     with self._lock:

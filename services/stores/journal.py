@@ -1,7 +1,7 @@
 """An append-only journal of JSON records with group commit.
 
-`submit` hands a record to the journal's writer thread and returns a future that resolves once
-the record is on disk (written and fdatasync'ed); `append` waits for it.  The writer takes every
+`append` (threads) and `write` (event loops) hand a record to the journal's writer thread and
+return once it is on disk (written and fdatasync'ed).  The writer takes every
 record waiting when it starts a flush and writes them with one fdatasync; records that arrive
 meanwhile go together in the next flush.  So one client pays one fdatasync per record, and many
 clients share them.
@@ -16,13 +16,14 @@ mostly 0.2-0.3 ms instead of 4 ms per flush).  Readers stop a record at the zero
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 from services.fsutil import sync_folder, write_all
 
@@ -33,12 +34,16 @@ SEGMENT_BYTES = 1 << 20  # zeros written ahead; records beyond them extend the f
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have only fsync
 
 
+# Who waits for a record: a thread (a Future) or a coroutine (its loop and an asyncio future).
+_Waiter = Union[Future, tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]
+
+
 class Journal:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._cond = threading.Condition()  # guards _queue and _closed
-        self._queue: list[tuple[bytes, Future[None]]] = []  # records for the next flush
+        self._queue: list[tuple[bytes, _Waiter]] = []  # records for the next flush
         self._closed = False
         self._io = threading.Lock()  # held while writing: rotate and close swap the file between flushes
         self._broken: OSError | None = None  # a failed write that could not be undone
@@ -50,22 +55,28 @@ class Journal:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def submit(self, record: dict[str, Any]) -> Future[None]:
-        """Queue one record; the future resolves once it is on disk, or fails with the OSError
-        (the record is then not in the journal)."""
-        line = json.dumps(record, separators=(",", ":")).encode("utf-8")
-        done: Future[None] = Future()
-        with self._cond:
-            if self._closed:
-                done.set_exception(OSError("the journal is closed"))
-                return done
-            self._queue.append((line, done))
-            self._cond.notify()
-        return done
-
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably (blocks until it is on disk; raises OSError)."""
-        self.submit(record).result()
+        """Write one record durably: returns once it is on disk, or raises the OSError (the
+        record is then not in the journal).  For threads; event loops await `write`."""
+        done: Future[None] = Future()
+        self._enqueue(record, done)
+        done.result()
+
+    async def write(self, record: dict[str, Any]) -> None:
+        """`append` for an event loop, which goes on serving while the record is written."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._enqueue(record, (loop, done))
+        await done
+
+    def _enqueue(self, record: dict[str, Any], waiter: _Waiter) -> None:
+        line = json.dumps(record, separators=(",", ":")).encode("utf-8")
+        with self._cond:
+            if not self._closed:
+                self._queue.append((line, waiter))
+                self._cond.notify()
+                return
+        _settle([waiter], OSError("the journal is closed"))
 
     def _flush_loop(self) -> None:
         while True:
@@ -76,11 +87,7 @@ class Journal:
                 batch, self._queue = self._queue, []
             with self._io:
                 error = self._write([line for line, _ in batch])
-            for _, done in batch:
-                if error is None:
-                    done.set_result(None)
-                else:  # a fresh exception per waiter (one instance raised in several places mixes tracebacks)
-                    done.set_exception(OSError(error.errno, error.strerror) if error.errno else OSError(str(error)))
+            _settle([waiter for _, waiter in batch], error)
 
     def _write(self, lines: list[bytes]) -> OSError | None:
         # A leading newline keeps the first record on a line of its own even after a torn write.
@@ -168,3 +175,25 @@ def _number(path: Path) -> int:
         return int(path.name[: -len(SUFFIX)])
     except ValueError:
         return -1
+
+
+def _settle(waiters: list[_Waiter], error: OSError | None) -> None:
+    """Wake the writers of a flush: threads directly, each event loop once for all its writers."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for waiter in waiters:
+        if isinstance(waiter, Future):
+            _resolve(waiter, error)
+        else:
+            by_loop.setdefault(waiter[0], []).append(waiter[1])
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(lambda futures=futures: [_resolve(f, error) for f in futures if not f.done()])
+        except RuntimeError:  # the loop closed meanwhile: nobody is waiting any more
+            pass
+
+
+def _resolve(done: Future | asyncio.Future[None], error: OSError | None) -> None:
+    if error is None:
+        done.set_result(None)
+    else:  # a fresh exception per waiter (one instance raised in several places mixes tracebacks)
+        done.set_exception(OSError(error.errno, error.strerror) if error.errno else OSError(str(error)))
