@@ -34,7 +34,9 @@ class _Turn:
 
 
 class DurableAppends:
-    def __init__(self, invoker: Any, interval: float = 1.0) -> None:
+    # Checkpoints are seconds apart: their fsyncs (two per session file) compete with the journal's
+    # for the disk, and the journal already keeps every append safe.
+    def __init__(self, invoker: Any, interval: float = 5.0) -> None:
         self.invoker = invoker
         self.interval = interval
         self.journal = Journal(Path(invoker.settings.sessions_dir) / "journal")
