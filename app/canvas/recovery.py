@@ -86,6 +86,7 @@ class Recovery:
         assert c is not None, "attach() first"
         data = found.data
         session = Session.from_dict(data["session"])
+        c.invoker.mark_stale(session)  # results whose images did not survive the crash re-run
         sessions = {session.id: session}
         try:
             for session_id, ui in data.get("uis", {}).items():
