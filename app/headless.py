@@ -8,12 +8,12 @@ of the written images to stdout (one per line, for scripts).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from services.container import EXECUTOR_KINDS, IN_PROCESS, Services
 from services.stores.images import ImageStore
+from services.fsutil import atomic_copy
 from services.invoker import Invoker
 from services.engine.session import DONE_STATES, Session
 from services.stores.sessions import SessionFileError, read_session_file
@@ -68,7 +68,7 @@ def copy_images(images: ImageStore, session: Session, nodes: list[str], out: Pat
         sources = [path for row in rows for path in image_paths(images, session, node_id, row.outputs)]
         for number, source in enumerate(sources):
             target = out / (f"{node_id}-{node.type}-{number}.png" if len(sources) > 1 else f"{node_id}-{node.type}.png")
-            shutil.copyfile(source, target)
+            atomic_copy(source, target)
             written.append(target)
     return written
 

@@ -444,7 +444,8 @@ def test_viewer_image_and_export(ctl, tmp_path):
     assert ctl.export_image(name, tmp_path / "copy")  # ".png" is added
     assert (tmp_path / "copy.png").read_bytes() == ctl.invoker.images.path(name).read_bytes()
     assert ctl.load_image("missing.png") is None and "missing.png" in ctl.message
-    assert not ctl.export_image(name, tmp_path / "no" / "such" / "dir.png") and ctl.message_is_error
+    (tmp_path / "a-file").write_text("")
+    assert not ctl.export_image(name, tmp_path / "a-file" / "dir.png") and ctl.message_is_error
 
 
 def test_display_and_device_detection(monkeypatch):

@@ -197,6 +197,33 @@ def test_txt2img_from_the_palette_lists_models_without_torch(xdisplay, tmp_path,
     assert report["state"] == "completed" and report["loaded_modules"] == []
 
 
+def test_a_killed_canvas_offers_its_unsaved_edits_at_the_next_start(xdisplay, tmp_path):
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool not found: apt-get install -y xdotool")
+    env = {**os.environ, "DISPLAY": xdisplay, "INVOKE_NODES_ROOT": str(tmp_path / "user"), "PYTHONPATH": str(ROOT)}
+    editing = subprocess.Popen([sys.executable, __file__, "recovery_edit", str(tmp_path)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "report.json").exists():  # written once the edits are autosaved; it renders on
+            assert editing.poll() is None, editing.stdout.read()
+            assert time.monotonic() < deadline, "the editing canvas did not report"
+            time.sleep(0.2)
+    finally:
+        editing.kill()  # SIGKILL: no prompt, no save, no clean quit
+        editing.wait(10)
+    edited = json.loads((tmp_path / "report.json").read_text())
+    (tmp_path / "report.json").unlink()
+    assert edited["graph"] != edited["demo"]
+    report = scenario("recovery_restore", xdisplay, tmp_path)
+    assert report["offered"] and "did not close normally" in report["offer_text"]
+    assert "untitled" in report["offer_text"] and "last change: link" in report["offer_text"]
+    assert report["before_restore"] == edited["demo"]  # the start-up graph until Restore is clicked
+    assert report["restored"] == edited["graph"] and report["dirty"]
+    assert report["undone"] == edited["before_link"]  # Ctrl+Z: the undo history came back too
+    assert report["prompt_on_quit"] and report["stopped"] and not report["recovery_left"]  # Discard + quit: nothing left
+
+
 def test_without_display_prints_reason(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["INVOKE_NODES_ROOT"] = str(tmp_path)
@@ -217,19 +244,24 @@ def test_launch_opens_window_without_torch(xdisplay, tmp_path):
 
 
 class Driver:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, as_app: bool = False) -> None:
+        """as_app: started the way `invoke-nodes` starts (crash recovery included)."""
         from app.canvas.controller import CanvasController
+        from app.canvas.main import open_window, parse
         from app.canvas.view import CanvasView
         from services.container import WORKER, Services
         from services.invoker import Invoker
 
         started = time.perf_counter()
         self.out = out
-        self.invoker = Invoker(Services.local(executor=WORKER))  # as the app runs it
-        self.c = CanvasController(self.invoker)
-        self.c.new_demo()
-        self.view = CanvasView(self.c, width=SIZE[0], height=SIZE[1])
-        self.view.start()
+        if as_app:
+            self.invoker, self.c, self.view, self.recovery = open_window(parse(["--size", f"{SIZE[0]}x{SIZE[1]}"]))
+        else:
+            self.invoker = Invoker(Services.local(executor=WORKER))  # as the app runs it
+            self.c = CanvasController(self.invoker)
+            self.c.new_demo()
+            self.view = CanvasView(self.c, width=SIZE[0], height=SIZE[1])
+            self.view.start()
         import dearpygui.dearpygui as dpg
 
         self.dpg = dpg
@@ -546,6 +578,65 @@ def scenario_palette_model(d: Driver) -> dict:
     return report
 
 
+
+
+def graph_state(c) -> dict:
+    """What the user sees of a graph: values, links, positions."""
+    return {"nodes": {n: c.graph.nodes[n].to_dict() for n in c.graph.order}, "links": sorted(sorted(l.to_dict().items()) for l in c.graph.links),
+            "positions": {n: c.position(n) for n in c.graph.order}}
+
+
+def scenario_recovery_edit(d: Driver) -> dict:
+    """Edit with real gestures, wait for the autosave, report, then keep rendering until killed."""
+    dpg, c = d.dpg, d.c
+    demo = graph_state(c)
+    x0, y0 = dpg.get_item_rect_min(d.view.nodes["show"].node)
+    d.drag((int(x0) + 40, int(y0) + 10), (int(x0) + 140, int(y0) + 90))  # move
+    widget = d.view.nodes["blend"].inputs["alpha"].widget
+    x, y = d.center(widget)
+    d.xdo("mousemove", str(x - 30), str(y))
+    d.xdo("click", "--repeat", "2", "1")
+    d.xdo("key", "ctrl+a")
+    d.xdo("type", "0.625")
+    d.xdo("key", "Return", frames=6)  # a value
+    before_link = graph_state(c)
+    d.drag(d.pin("size", "value", True), d.pin("color", "height", False))  # a link
+    assert c.value("blend", "alpha") == 0.625 and len(c.graph.links) == len(demo["links"]) + 1, (c.value("blend", "alpha"), c.graph.links)
+    d.until(lambda: d.recovery.path.exists() and d.recovery._first_edit is None, timeout=30)
+    (d.out / "report.json").write_text(json.dumps({"demo": demo, "before_link": before_link, "graph": graph_state(c)},
+                                                  default=list))
+    while True:
+        d.frames(1)
+
+
+def scenario_recovery_restore(d: Driver) -> dict:
+    dpg, view, report = d.dpg, d.view, {}
+    d.frames(3)
+    report["offered"] = view.found is not None and dpg.is_item_shown(view.restore_prompt)
+    report["offer_text"] = dpg.get_value(view.restore_text)
+    report["before_restore"] = graph_state(d.c)
+    d.screenshot("recovery_offer.png")
+    d.xdo("mousemove", *map(str, d.center(_button(dpg, view.restore_prompt, "Restore"))))
+    d.xdo("click", "1", frames=6)
+    report["restored"], report["dirty"] = graph_state(d.c), d.c.dirty
+    d.screenshot("recovery_restored.png")
+    d.xdo("mousemove", "700", "300")
+    d.xdo("key", "ctrl+z")
+    report["undone"] = graph_state(d.c)
+    view.request(view.stop)  # what closing the window does
+    d.frames(3)
+    report["prompt_on_quit"] = dpg.is_item_shown(view.prompt)
+    d.xdo("mousemove", *map(str, d.center(_button(dpg, view.prompt, "Discard"))))
+    d.xdo("click", "1", frames=4)
+    report["stopped"] = not view.running
+    report["recovery_left"] = d.recovery.path.exists()
+    return report
+
+
+def _button(dpg, window, label: str):
+    return next(i for i in _walk(dpg, window) if dpg.get_item_label(i) == label)
+
+
 def _register_slow_node() -> None:
     """Only in the scenario process: pytest's own REGISTRY stays as the app has it."""
 
@@ -572,7 +663,7 @@ def _walk(dpg, item):
 
 if __name__ == "__main__":
     name, out = sys.argv[1], Path(sys.argv[2])
-    driver = Driver(out)
+    driver = Driver(out, as_app=name.startswith("recovery"))
     try:
         result = globals()[f"scenario_{name}"](driver)
     finally:

@@ -18,7 +18,7 @@ from . import catalog, events, images, sessions, socket_io, websocket
 from .errors import ERROR_RESPONSES, install_error_handlers, json_body_is_storable
 from .events import EventHub
 from .guard import Guard
-from .persist import WriteBehind
+from .persist import DurableAppends
 from .schemas import Health, invocation_components, link_node_schemas
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -43,7 +43,7 @@ def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozens
     are answered (None: any).
     """
     version = app_version()
-    writer = WriteBehind(invoker)
+    writer = DurableAppends(invoker)
     hub = EventHub(invoker, writer.get)
     socket_io_events = socket_io.SocketIOEvents(hub)
 

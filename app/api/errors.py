@@ -26,7 +26,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in (
         (400, "Malformed request"), (401, "Missing or wrong token"), (404, "No such session, image or node type"),
         (409, "Conflicts with a running session"), (413, "Upload too large"), (415, "Not an image"),
-        (422, "Invalid graph, node, field value or link (the body names the node and field)"))
+        (422, "Invalid graph, node, field value or link (the body names the node and field)"),
+        (507, "The server could not write its files (disk full or failing): the change was not saved"))
 }
 
 
@@ -105,6 +106,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageNotFoundError)
     async def image_not_found(request: Request, exc: ImageNotFoundError) -> JSONResponse:
         return error_response(404, "image_not_found", str(exc))
+
+    @app.exception_handler(OSError)
+    async def not_saved(request: Request, exc: OSError) -> JSONResponse:
+        # Writes go through services.fsutil: a failed one leaves the previous file as it was.
+        log.error("%s %s: cannot write: %s", request.method, request.url.path, exc)
+        return error_response(507, "not_saved", f"the server cannot write its files ({exc.strerror or type(exc).__name__})")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import shutil
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from nodes.base import REGISTRY, SEED_MAX, BaseInvocation
 from services.engine.events import (NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED,
@@ -101,6 +100,7 @@ class CanvasController:
         self.device = detect_device(getattr(self.settings, "device", "auto"))
         self.session: Session = Session()
         self.path: Path | None = None  # where Ctrl+S writes; None: ask
+        self.on_dirty: Callable[[bool], None] | None = None  # told of every edit and save (recovery.py)
         self.dirty = False
         self.undo_stack: list[SessionStep | MoveStep] = []
         self.redo_stack: list[SessionStep | MoveStep] = []
@@ -138,6 +138,17 @@ class CanvasController:
         if self._token is not None:
             self.invoker.unsubscribe(self._token)
             self._token = None
+
+    @property
+    def dirty(self) -> bool:
+        """Unsaved changes: every edit sets it, saving, opening and discarding clear it."""
+        return self._dirty
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        self._dirty = value
+        if self.on_dirty is not None:
+            self.on_dirty(value)
 
     # --- what there is to show --------------------------------------------------------------
 
@@ -491,6 +502,13 @@ class CanvasController:
         session = Session(Graph.from_dict(demo_graph()), change="demo graph", ui={"positions": demo_positions()})
         self._replace(session, None, "Demo graph: press Run (Ctrl+Enter), then change a value and run again")
 
+    def restore(self, session: Session, path: Path | None, undo: list[SessionStep | MoveStep],
+                redo: list[SessionStep | MoveStep]) -> None:
+        """Bring back work a crash left unsaved (recovery.py reads it), with its undo history."""
+        self._replace(session, path, "Restored the unsaved changes")
+        self.undo_stack[:], self.redo_stack[:] = undo, redo
+        self.dirty = True
+
     def save(self, path: str | Path | None = None) -> bool:
         """Write the session (graph, positions, results) as JSON.  False when no path is known
         yet (the view then asks for one) or the write failed."""
@@ -561,7 +579,7 @@ class CanvasController:
         if target.suffix.lower() != ".png":
             target = target.with_suffix(".png")
         try:
-            shutil.copyfile(self.invoker.images.path(image_name), target)
+            self.invoker.images.export(image_name, target)
         except (OSError, KeyError) as exc:
             self.report_error(f"Cannot save {target}: {getattr(exc, 'strerror', None) or exc}")
             return False

@@ -4,8 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .system import display_problem
+
+if TYPE_CHECKING:  # the real imports wait until a display is known to be there
+    from services.invoker import Invoker
+
+    from .controller import CanvasController
+    from .recovery import Recovery
+    from .view import CanvasView
 
 _STARTED = time.perf_counter()  # launch-to-first-frame is measured from this module's import
 
@@ -27,25 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invoke-nodes: cannot open the canvas: {problem}\n"
               "The other commands work without a display: invoke-nodes --help", file=sys.stderr)
         return 2
-    # imported only now: the engine and Dear PyGui are not needed to print the message above
-    from services.container import WORKER, Services
-    from services.invoker import Invoker
-
-    from .controller import CanvasController
-    from .view import CanvasView
-
-    # Generation and restoration nodes run in the AI worker process: torch next to the window's
-    # OpenGL driver can crash it (Mesa and triton each bring an LLVM), and a crashing node must not.
-    invoker = Invoker(Services.local(executor=WORKER))
-    controller = CanvasController(invoker)
-    if not (args.file and controller.open(args.file)):
-        opened_error = controller.message if args.file else None
-        controller.new_demo()
-        if opened_error:
-            controller.report_error(opened_error)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    view = CanvasView(controller, width=width, height=height)
-    view.start()
+    invoker, controller, view, recovery = open_window(args)
     try:
         view.frame()
         print(f"first frame after {time.perf_counter() - _STARTED:.2f}s; torch imported: {'torch' in sys.modules}",
@@ -55,11 +45,45 @@ def main(argv: list[str] | None = None) -> int:
         view.run(max_frames=args.frames)
         if args.screenshot:
             view.screenshot(args.screenshot)
+        if view.found is None:
+            recovery.discard()  # a clean quit leaves nothing to recover (an unanswered offer stays)
     finally:
         view.destroy()
         controller.close()
         invoker.shutdown()
     return 0
+
+
+def open_window(args: argparse.Namespace) -> tuple[Invoker, CanvasController, CanvasView, Recovery]:
+    """(invoker, controller, view, recovery) with the window up, as the app starts (the window
+    tests start the same way): the file or the demo graph, then the offer to restore what a
+    crashed canvas left unsaved."""
+    # imported only now: the engine and Dear PyGui are not needed to print a display problem
+    from services.container import WORKER, Services
+    from services.invoker import Invoker
+
+    from .controller import CanvasController
+    from .recovery import Recovery
+    from .view import CanvasView
+
+    # Generation and restoration nodes run in the AI worker process: torch next to the window's
+    # OpenGL driver can crash it (Mesa and triton each bring an LLVM), and a crashing node must not.
+    invoker = Invoker(Services.local(executor=WORKER))
+    controller = CanvasController(invoker)
+    recovery = Recovery(controller.settings.data_dir / "recovery")
+    found = recovery.find()  # read before anything here can change it
+    if not (args.file and controller.open(args.file)):
+        opened_error = controller.message if args.file else None
+        controller.new_demo()
+        if opened_error:
+            controller.report_error(opened_error)
+    recovery.attach(controller)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    view = CanvasView(controller, width=width, height=height, recovery=recovery)
+    view.start()
+    if found is not None:
+        view.offer_restore(found)
+    return invoker, controller, view, recovery
 
 
 if __name__ == "__main__":

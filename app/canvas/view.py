@@ -18,6 +18,7 @@ import dearpygui.dearpygui as dpg
 from services.engine.graph import Link
 
 from .controller import IDLE, CanvasController, CanvasError
+from .recovery import Found, Recovery
 from .schema import NONE_CHOICE, PinSpec, WidgetSpec, coerce, tag_colour
 from .thumbs import THUMB, VIEWER, image_rgba
 
@@ -67,8 +68,11 @@ class NodeItems:
 
 
 class CanvasView:
-    def __init__(self, controller: CanvasController, *, width: int = 1400, height: int = 860, vsync: bool = True) -> None:
+    def __init__(self, controller: CanvasController, *, width: int = 1400, height: int = 860, vsync: bool = True,
+                 recovery: Recovery | None = None) -> None:
         self.c = controller
+        self.recovery = recovery  # autosaves the work a moment after each edit (see recovery.py)
+        self.found: Found | None = None  # recovered work offered at start, not answered yet
         self.size = (width, height)
         self.vsync = vsync  # off only to measure frame times (on, an idle canvas does not spin a core)
         self.nodes: dict[str, NodeItems] = {}
@@ -111,6 +115,8 @@ class CanvasView:
         dpg.run_callbacks(dpg.get_callback_queue())
         self.c.pump()
         self.refresh()
+        if self.recovery is not None:
+            self.recovery.tick()
         dpg.render_dearpygui_frame()
         self.frames += 1
 
@@ -162,7 +168,7 @@ class CanvasView:
         self._fill_palette()
         self._build_popups()
         self._build_handlers()
-        self.overlays = [self.prompt, self.viewer, self.settings_window, self.file_dialog]
+        self.overlays = [self.prompt, self.restore_prompt, self.viewer, self.settings_window, self.file_dialog]
 
     def _build_menu(self) -> None:
         with dpg.menu_bar():
@@ -221,6 +227,12 @@ class CanvasView:
                 dpg.add_button(label="Save", callback=self._prompt_save)
                 dpg.add_button(label="Discard", callback=self._prompt_discard)
                 dpg.add_button(label="Cancel", callback=self._prompt_cancel)
+        with dpg.window(label="Restore unsaved changes?", show=False, modal=True, no_resize=True,
+                        width=560) as self.restore_prompt:
+            self.restore_text = dpg.add_text("", wrap=540)
+            with dpg.group(horizontal=True):
+                dpg.add_button(label="Restore", callback=self._restore)
+                dpg.add_button(label="Discard", callback=self._discard_recovered)
         with dpg.window(label="Image", show=False, width=VIEWER + 30, height=VIEWER + 80) as self.viewer:
             dpg.add_button(label="Save as...", callback=lambda: self.ask_path("image", None))
             self.viewer_group = dpg.add_group()
@@ -724,6 +736,27 @@ class CanvasView:
         else:
             action()
             self._fill_recent()
+
+    def offer_restore(self, found: Found) -> None:
+        """At start, after a crash: show what was left unsaved and ask whether to bring it back."""
+        self.found = found
+        dpg.set_value(self.restore_text, found.describe())
+        dpg.show_item(self.restore_prompt)
+        w, h = dpg.get_viewport_client_width(), dpg.get_viewport_client_height()
+        dpg.set_item_pos(self.restore_prompt, [w // 2 - 280, h // 2 - 60])
+
+    def _restore(self) -> None:
+        dpg.hide_item(self.restore_prompt)
+        found, self.found = self.found, None
+        if found is not None and self.recovery is not None:
+            self.recovery.restore(found)
+            self._fill_recent()
+
+    def _discard_recovered(self) -> None:
+        dpg.hide_item(self.restore_prompt)
+        self.found = None
+        if self.recovery is not None:
+            self.recovery.discard()
 
     def _prompt_save(self) -> None:
         dpg.hide_item(self.prompt)

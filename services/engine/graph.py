@@ -181,6 +181,17 @@ class Graph:
             self._next_id = max(self._next_id, number + 1)
         return node
 
+    def discard_last(self, node_id: str) -> None:
+        """Take back the node just added (its write to disk failed), with the links into it.
+        Only the last node can go: nothing links out of it yet."""
+        if not self._order or self._order[-1] != node_id:
+            raise GraphError("only the last node added can be taken back", node_id)
+        self._order.pop()
+        del self.nodes[node_id], self.links_out[node_id]
+        for link in self.links_in.pop(node_id):
+            self.links.remove(link)
+            self.links_out[link.from_node].remove(link)
+
     def _fresh_id(self) -> str:
         while str(self._next_id) in self.nodes:
             self._next_id += 1

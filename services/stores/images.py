@@ -16,7 +16,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from nodes.base import ImageField
 
-from services.fsutil import atomic_write_bytes
+from services.fsutil import atomic_copy, atomic_write_bytes, remove
 from services.lru import LRU
 
 PNG_METADATA_KEY = "invoke-nodes"
@@ -56,7 +56,7 @@ class ImageStore(ABC):
         path = self.path(name)
         if not path.is_file():
             raise ImageNotFoundError(_name(name))
-        atomic_write_bytes(destination, path.read_bytes())
+        atomic_copy(path, destination)
 
     def thumbnail(self, name: str | ImageField, size: int = 256) -> Image.Image:
         image = self.get(name).copy()
@@ -143,6 +143,6 @@ class DiskImageStore(ImageStore):
     def delete(self, name: str) -> None:
         self._cache.pop(name)
         try:
-            self.path(name).unlink()
+            remove(self.path(name))
         except FileNotFoundError:
             raise ImageNotFoundError(name) from None

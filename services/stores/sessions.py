@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from services.fsutil import atomic_write_text
+from services.fsutil import atomic_write_text, remove
 from services.engine.graph import Graph, GraphError
 from services.stores.images import read_embedded
 from services.lru import LRU
@@ -79,7 +79,7 @@ class DiskSessionStore(SessionStore):
     def delete(self, session_id: str) -> None:
         self._cache.pop(session_id)
         try:
-            self._path(session_id).unlink()
+            remove(self._path(session_id))
         except FileNotFoundError:
             raise SessionNotFoundError(session_id) from None
 
