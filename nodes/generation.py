@@ -5,6 +5,7 @@ never imports torch); these classes declare the inputs and turn bad ones into cl
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar, Literal
 
 from .base import BaseInvocation, ImageField, InputField, NodeInputError, SeedField
@@ -53,7 +54,12 @@ class DiffusionInvocation(BaseInvocation):
             raise NodeInputError("model", f"'{info.id}' is an inpainting model: use it in the inpaint node")
         ids = [info.id] + ([self._model_info(context, "vae", "vae").id] if self.vae else [])
         models = context.models
-        with models.use(*ids) as loaded:
+        with contextlib.ExitStack() as stack:
+            try:
+                loaded = stack.enter_context(models.use(*ids))
+            except ValueError as exc:  # the file is listed but cannot be loaded: the reason names it
+                failed = getattr(exc, "model_id", info.id)
+                raise NodeInputError("model" if failed == info.id else "vae", str(exc)) from None
             generator = Generator(loaded[0], info.base, vae=loaded[1] if self.vae else None,
                                   compile_mode=models.compile_mode, cache_dir=models.cache_dir)
             images = generator.run(request, lambda step, total, preview: context.progress(step, total, "denoising", preview))

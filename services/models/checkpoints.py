@@ -6,7 +6,6 @@ with `torch.load(weights_only=True)`: a file that needs pickled code is refused,
 """
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass
@@ -28,6 +27,10 @@ class UnsafeCheckpointError(ValueError):
 
 
 def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes from the JSON header, checked against the file: a header that lies (missing shapes,
+    data past the end of the file) is refused with the reason, never trusted by the loader."""
+    from nodes.core.untrusted import UntrustedInputError, load_json
+
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) != 8:
@@ -35,11 +38,30 @@ def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         (length,) = struct.unpack("<Q", prefix)
         if length > 100_000_000:
             raise ValueError("not a safetensors file (header length is implausible)")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise ValueError("not a safetensors file (header is not JSON)") from None
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        raw = handle.read(length)
+    if len(raw) != length:
+        raise ValueError(f"not a safetensors file (the header claims {length} bytes, the file holds {len(raw)})")
+    try:
+        header = load_json(raw)
+    except UntrustedInputError as exc:
+        raise ValueError(f"not a safetensors file (header: {exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file (header is not a JSON object)")
+    data_size = path.stat().st_size - 8 - length
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise ValueError(f"broken safetensors header: tensor '{name[:80]}' has no valid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise ValueError(f"broken safetensors header: tensor '{name[:80]}' points outside the file "
+                             f"(offsets {str(offsets)[:40]}, {data_size} data bytes)")
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def load_pickle_state_dict(path: Path, mmap: bool = True) -> dict[str, Any]:

@@ -8,9 +8,10 @@ it and is imported when a model is loaded.
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import os
 import re
+import stat
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from services.config import Settings
+
+log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("main", "vae", "upscaler", "face_restore")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
@@ -32,6 +35,15 @@ GB = 1024**3
 class ModelNotFoundError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "model not found"
+
+
+class ModelLoadError(ValueError):
+    """A listed model whose file could not be loaded; the message names it and says why (the
+    traceback goes to the log)."""
+
+    def __init__(self, model_id: str, message: str) -> None:
+        super().__init__(message)
+        self.model_id = model_id
 
 
 @dataclass(frozen=True)
@@ -127,9 +139,22 @@ class _Found:
     config_path: Path | None = None
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A config file of a model folder (a FIFO or a hostile nesting is refused, not read)."""
+    from nodes.core.untrusted import UntrustedInputError, load_json, regular_file
+
+    try:
+        data = load_json(regular_file(path).read_bytes(), max_bytes=16 * 1024 * 1024)
+    except UntrustedInputError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: not a JSON object")
+    return data
+
+
 def _probe_diffusers_folder(folder: Path) -> _Found:
-    index = json.loads((folder / "model_index.json").read_text("utf-8"))
-    unet_config = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
+    index = _read_json(folder / "model_index.json")
+    unet_config = _read_json(folder / "unet" / "config.json")
     pipeline = str(index.get("_class_name", ""))
     context_dim = unet_config.get("cross_attention_dim")
     from services.models.checkpoints import BASE_BY_CONTEXT_DIM  # torch-free
@@ -139,7 +164,7 @@ def _probe_diffusers_folder(folder: Path) -> _Found:
     elif context_dim in BASE_BY_CONTEXT_DIM:
         base = BASE_BY_CONTEXT_DIM[context_dim]
     else:  # a small custom model: SD 1.x uses OpenAI CLIP (quick_gelu), SD 2.x OpenCLIP (gelu)
-        text_config = json.loads((folder / "text_encoder" / "config.json").read_text("utf-8"))
+        text_config = _read_json(folder / "text_encoder" / "config.json")
         base = "sd1" if text_config.get("hidden_act") == "quick_gelu" else "sd2"
     if base == "sdxl" and not (index.get("text_encoder") or [None])[0]:
         raise ValueError("an SDXL refiner (it has no first text encoder), which is not supported")
@@ -176,21 +201,35 @@ class _ProbeCache:
         self._results: dict[Path, tuple[tuple[int, int], _Found | str]] = {}
 
     def probe(self, path: Path, stamp_path: Path, probe: Any) -> _Found | str:
-        stat = stamp_path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        try:
+            info = stamp_path.stat()
+        except OSError as exc:  # removed or made unreadable since the walk
+            return f"cannot be read ({exc.strerror or exc})"
+        stamp = (info.st_mtime_ns, info.st_size)
         cached = self._results.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
         try:
             result: _Found | str = probe(path)
         except Exception as exc:  # every failure becomes the reason shown to the user
-            result = str(exc) or type(exc).__name__
+            result = _reason(exc)
         self._results[path] = (stamp, result)
         return result
 
 
+def _reason(exc: Exception) -> str:
+    """A probe failure as a sentence: ValueError/OSError messages are written for users; anything
+    else is a file whose contents the probe did not expect (a KeyError alone reads "'shape'")."""
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror or exc})"
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    detail = f"missing entry {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+    return f"not a model this app recognises (unexpected contents: {detail})"
+
+
 def _probe_component_folder(folder: Path) -> _Found:
-    config = json.loads((folder / "config.json").read_text("utf-8"))
+    config = _read_json(folder / "config.json")
     class_name = config.get("_class_name")
     if class_name != "AutoencoderKL":
         raise ValueError(f"a diffusers {class_name or 'component'} folder; only whole pipelines and VAEs are supported")
@@ -198,9 +237,26 @@ def _probe_component_folder(folder: Path) -> _Found:
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, str]]:
-    """(path, form) of candidate models under root in a stable order; form: pipeline | component | file."""
-    for current, dirs, files in os.walk(root):
+    """(path, form) of candidate models under root in a stable order; form: pipeline | component |
+    file | skip:<reason>.  Symlinked folders are followed, each real folder once (no loops)."""
+    visited: set[tuple[int, int]] = set()
+
+    def seen(folder: str) -> bool:
+        try:
+            info = os.stat(folder)
+        except OSError:
+            return True
+        key = (info.st_dev, info.st_ino)
+        if key in visited:
+            return True
+        visited.add(key)
+        return False
+
+    for current, dirs, files in os.walk(root, followlinks=True):
         here = Path(current)
+        if seen(current):
+            dirs.clear()
+            continue
         dirs.sort()
         if "model_index.json" in files:
             dirs.clear()
@@ -213,7 +269,26 @@ def _walk(root: Path) -> Iterator[tuple[Path, str]]:
         dirs[:] = [d for d in dirs if not d.startswith(".") and not d.endswith(SIDECAR_SUFFIX)]
         for name in sorted(files):
             if not name.startswith("."):
-                yield here / name, "file"
+                path = here / name
+                problem = _not_a_regular_file(path)
+                yield path, f"skip:{problem}" if problem else "file"
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """Why the scanner must not open `path` (a FIFO blocks the reader forever), or None.  lstat
+    first: a dangling link is reported, not followed into an error that stops the scan."""
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                info = path.stat()
+            except OSError:
+                return f"a link to {os.readlink(path)!s}, which does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a FIFO, socket or device); skipped"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,6 +427,10 @@ class LocalModelManager(ModelManager):
         unrecognized: list[UnrecognizedFile] = []
         for root in self.roots():
             for path, form in _walk(root):
+                if form.startswith("skip:"):
+                    if path.suffix.lower() not in _IGNORED_SUFFIXES:
+                        unrecognized.append(UnrecognizedFile(str(path), form[5:]))
+                    continue
                 if form == "pipeline":
                     result = self._probes.probe(path, path / "model_index.json", _probe_diffusers_folder)
                 elif form == "component":
@@ -412,10 +491,21 @@ class LocalModelManager(ModelManager):
             self.rescan()  # the user may have added the file since the last scan
             info = self._known().get(model_id)
         if info is None or (kind is not None and info.kind != kind):
-            known = ", ".join(m.id for m in self.list(kind)) or "none"
             what = f"{kind} model" if kind else "model"
+            for item in self.unrecognized():  # the file is there but was refused: say why
+                if model_id in self._file_ids(Path(item.path)):
+                    raise ModelNotFoundError(f"{what} '{model_id}' ({item.path}) was refused: {item.reason}")
+            known = ", ".join(m.id for m in self.list(kind)) or "none"
             raise ModelNotFoundError(f"no {what} with id '{model_id}' in {self._roots_text()} (known: {known})")
         return info
+
+    def _file_ids(self, path: Path) -> set[str]:
+        """Ids a user may have meant for a file: its name, its path under a models folder."""
+        ids = {slug(path.stem)}
+        for root in self.roots():
+            if path.is_relative_to(root):
+                ids.add(slug(str(path.relative_to(root).with_suffix(""))))
+        return ids
 
     def _roots_text(self) -> str:
         return ", ".join(str(p) for p in [Path(self.settings.models_dir), *self.settings.extra_model_dirs])
@@ -442,7 +532,14 @@ class LocalModelManager(ModelManager):
         if entry is None:
             from services.models.loading import load_from_disk, model_bytes
 
-            model = load_from_disk(info, self.dtype_name, self.cache_dir, self.device)
+            try:
+                model = load_from_disk(info, self.dtype_name, self.cache_dir, self.device)
+            except (ValueError, OSError) as exc:  # written for users (a refused pickle, an unreadable file)
+                raise ModelLoadError(model_id, f"cannot load model '{model_id}' ({info.path}): {exc}") from None
+            except Exception as exc:  # a file that probed as a model but does not load (e.g. corrupt)
+                log.warning("loading model %s (%s) failed", model_id, info.path, exc_info=True)
+                raise ModelLoadError(model_id, f"cannot load model '{model_id}' ({info.path}): the file looks like a "
+                                     f"{info.kind} model but does not load ({type(exc).__name__}: {str(exc)[:200]})") from None
             entry = cache.put(model_id, model, model_bytes(model))
         if self.on_gpu:
             cache.to_gpu(model_id)
