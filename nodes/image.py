@@ -5,8 +5,9 @@ import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps
 
+from .core.untrusted import UntrustedInputError, open_image
 from .base import BaseInvocation, ImageField, InputField, NodeInputError, SeedField
 from .context import InvocationContext
 from .outputs import ImageOutput
@@ -56,46 +57,40 @@ class LoadImageInvocation(BaseInvocation):
         if not self.path:
             raise NodeInputError("path", "give a file path or an image_name")
         try:
-            with Image.open(Path(self.path).expanduser()) as handle:
-                image = ImageOps.exif_transpose(handle)
-                image.load()
+            image = ImageOps.exif_transpose(open_image(Path(self.path).expanduser()))
         except FileNotFoundError:
             raise NodeInputError("path", f"no such file: {self.path}") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise NodeInputError("path", f"cannot open {self.path} as an image: {exc}") from None
+        except UntrustedInputError as exc:
+            raise NodeInputError("path", f"cannot open {self.path}: {exc}") from None
         if image.mode not in ("RGB", "RGBA", "L"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         return _stored(context, image)
 
 
 class SaveImageInvocation(BaseInvocation):
-    """Save an image as PNG into a folder (the graph that made it travels in the file)."""
+    """Save an image as PNG (the graph that made it travels in the file).  Where it may write:
+    nodes/core/writes.py (the outputs folder, or folders allowed in the settings)."""
 
     type: Literal["save_image"] = "save_image"
     category: ClassVar[str] = "image"
     cacheable: ClassVar[bool] = False  # writing the file is the point
     image: ImageField = InputField(description="Image to save")
-    folder: str = InputField("", description="Folder to write into (empty: the outputs folder's 'saved' folder)", kind="path")
-    filename: str = InputField("", description="File name (empty: image-<n>.png, never overwriting)")
+    folder: str = InputField("", description="Folder to write into: empty for the outputs folder's 'saved' folder, "
+                                             "a relative folder inside the outputs folder", kind="path")
+    filename: str = InputField("", description="File name (empty: image-<n>.png)")
+    overwrite: bool = InputField(False, description="Replace a file of the same name (off: a numbered name)")
 
     def invoke(self, context: InvocationContext) -> ImageOutput:
-        folder = Path(self.folder).expanduser() if self.folder else context.outputs_dir / "saved"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = self.filename or _free_name(folder)
-        if not name.lower().endswith(".png"):
-            name += ".png"
-        if "/" in name or "\\" in name:
-            raise NodeInputError("filename", "a file name, not a path (put folders in 'folder')")
-        context.images.export(self.image, folder / name)
-        image = context.images.get(self.image)
-        return ImageOutput.of(self.image, image)
+        from .core.writes import file_name, target_folder, write_into
 
-
-def _free_name(folder: Path) -> str:
-    n = 1
-    while (folder / f"image-{n:04d}.png").exists():
-        n += 1
-    return f"image-{n:04d}.png"
+        name = file_name(self.filename or "image", ".png")
+        folder = target_folder(context.settings, self.folder, "saved")
+        overwrite = self.overwrite and bool(self.filename)
+        try:
+            write_into(folder, name, overwrite, lambda path: context.images.export(self.image, path))
+        except OSError as exc:
+            raise NodeInputError("folder", f"cannot write into {folder}: {exc.strerror or exc}") from None
+        return ImageOutput.of(self.image, context.images.get(self.image))
 
 
 class ShowImageInvocation(BaseInvocation):

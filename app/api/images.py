@@ -1,14 +1,14 @@
 """Image routes: upload, list, full image, thumbnail, embedded graph, delete."""
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile, status
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
-from services.stores.images import ImageNotFoundError, encode_png
+from nodes.core.untrusted import UntrustedInputError, open_image
+from services.stores.images import ImageNotFoundError, StoredImageError, encode_png
 
 from .errors import ApiError
 from .schemas import Deleted, ImageInfo, ImageMetadata, ImageName, ImagePage
@@ -16,27 +16,16 @@ from .sessions import get_invoker
 
 router = APIRouter(prefix="/api/v1/images", tags=["images"])
 
-MAX_UPLOAD_PIXELS = 64 * 1024 * 1024  # a small file can still decode to a huge image (a "PNG bomb")
 PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "A PNG image"}
 
 
 def _open_upload(data: bytes) -> Image.Image:
     try:
-        # The size is in the header: checked before any pixel is decoded.  (PIL's own bomb limit is
-        # higher; its error is caught below.)
-        with Image.open(io.BytesIO(data)) as handle:
-            if handle.width * handle.height > MAX_UPLOAD_PIXELS:
-                raise ApiError(413, "too_large", f"image is {handle.width}x{handle.height} pixels; "
-                               f"at most {MAX_UPLOAD_PIXELS} pixels are accepted", field="file")
-            handle.load()
-            return handle.copy()
-    except ApiError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ApiError(413, "too_large", str(exc), field="file") from None
-    except Exception as exc:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError, ...)
-        raise ApiError(415, "not_an_image", f"the upload is not an image PIL can read ({type(exc).__name__})",
-                       field="file") from None
+        return open_image(data)
+    except UntrustedInputError as exc:
+        if "pixels" in str(exc):
+            raise ApiError(413, "too_large", f"the upload is refused: {exc}", field="file") from None
+        raise ApiError(415, "not_an_image", f"the upload is refused: {exc}", field="file") from None
 
 
 @router.post("/", status_code=status.HTTP_201_CREATED, response_model=ImageInfo,
@@ -73,8 +62,8 @@ def get_thumbnail(image_name: ImageName, size: int = Query(256, ge=16, le=1024),
     store = _existing(invoker, image_name)
     try:
         thumbnail = store.thumbnail(image_name, size)
-    except OSError as exc:  # a file in the store that is not a readable image
-        raise ApiError(415, "not_an_image", f"stored image {image_name!r} cannot be read: {exc}") from None
+    except StoredImageError as exc:  # a file dropped into the outputs folder that is no image the app reads
+        raise ApiError(415, "not_an_image", str(exc)) from None
     return Response(encode_png(thumbnail), media_type="image/png")
 
 
@@ -85,7 +74,7 @@ def get_metadata(image_name: ImageName, invoker: Any = Depends(get_invoker)) -> 
     try:
         embedded = store.metadata(image_name) or {}
     except ValueError as exc:  # unreadable file or corrupt metadata
-        raise ApiError(415, "not_an_image", str(exc)) from None
+        raise ApiError(415, "not_an_image", f"image {image_name!r}: {exc}") from None
     graph = embedded.get("graph")
     return {"image_name": image_name, "session_id": embedded.get("session_id"), "node_id": embedded.get("node_id"),
             "graph": graph if isinstance(graph, dict) else None}

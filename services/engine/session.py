@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from nodes.core.untrusted import UntrustedInputError, load_json
+
 from services.engine.graph import Graph, GraphError, GraphNode, Link
 
 SESSION_FORMAT = "invoke-nodes/session"
@@ -23,6 +25,11 @@ PENDING, QUEUED, RUNNING = "pending", "queued", "running"
 COMPLETED, CACHED, FAILED, SKIPPED, CANCELED = "completed", "cached", "failed", "skipped", "canceled"
 STALE = "stale"
 DONE_STATES = frozenset({COMPLETED, CACHED})
+
+
+def is_valid_session_id(session_id: str) -> bool:
+    """Session ids name files in the session store: letters, digits, '-' and '_' only."""
+    return bool(session_id) and len(session_id) <= 128 and session_id.isascii() and all(c.isalnum() or c in "-_" for c in session_id)
 
 
 class SessionFormatError(ValueError):
@@ -119,8 +126,10 @@ class Session:
 
     def node_state(self, node_id: str) -> str:
         rows = self.results.get(node_id)
-        if not rows:
+        if rows is None:
             return PENDING
+        if not rows:  # ran zero times (an empty fan-out upstream, or it fanned out into nothing)
+            return COMPLETED
         if len(rows) == 1:
             return rows[0].state
         states = {r.state for r in rows}
@@ -173,8 +182,11 @@ class Session:
             raise SessionFormatError(f"saved by a newer invoke-nodes (schema {version}, this one reads {SESSION_SCHEMA_VERSION})")
         if version < 1:
             raise SessionFormatError(f"unknown schema_version {version}")
+        session_id = _opt_str(data.get("id"))
+        if session_id and not is_valid_session_id(session_id):
+            raise SessionFormatError(f"session id {session_id[:80]!r} may only hold letters, digits, '-' and '_'")
         try:
-            session = cls(Graph.from_dict(data.get("graph", {})), session_id=_opt_str(data.get("id")) or None,
+            session = cls(Graph.from_dict(data.get("graph", {})), session_id=session_id or None,
                           parent_id=_opt_str(data.get("parent_id")), change=_opt_str(data.get("change")),
                           ui=dict(data.get("ui") or {}), created=float(data.get("created") or time.time()))
             for node_id, rows in dict(data.get("results") or {}).items():
@@ -191,9 +203,9 @@ class Session:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Session":
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SessionFormatError(f"not valid JSON: {exc}") from None
+            data = load_json(text)
+        except UntrustedInputError as exc:
+            raise SessionFormatError(str(exc)) from None
         return cls.from_dict(data)
 
 

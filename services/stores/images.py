@@ -12,9 +12,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
 from nodes.base import ImageField
+from nodes.core.untrusted import UntrustedInputError, load_json, open_image, open_image_info
 
 from services.fsutil import atomic_copy, atomic_write_bytes, remove
 from services.lru import LRU
@@ -25,6 +26,10 @@ PNG_METADATA_KEY = "invoke-nodes"
 class ImageNotFoundError(KeyError):
     def __str__(self) -> str:
         return f"no image named {self.args[0]!r} in the image store"
+
+
+class StoredImageError(ValueError):
+    """A file in the store that is not an image the app can read (the message names it)."""
 
 
 class ImageStore(ABC):
@@ -80,18 +85,20 @@ def encode_png(image: Image.Image, metadata: dict[str, Any] | None = None) -> by
 
 
 def read_embedded(path: str | Path) -> dict[str, Any] | None:
-    """The metadata a PNG made by this app carries: {"session_id", "node_id", "graph"}; None if absent."""
+    """The metadata a PNG made by this app carries: {"session_id", "node_id", "graph"}; None if absent.
+    Raises ValueError with the reason (the caller names the file)."""
     try:
-        with Image.open(path) as image:
-            text = image.info.get(PNG_METADATA_KEY) or getattr(image, "text", {}).get(PNG_METADATA_KEY)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not an image PIL can read ({exc})") from None
+        text = open_image_info(path, PNG_METADATA_KEY)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except UntrustedInputError as exc:
+        raise ValueError(str(exc)) from None
     if not text:
         return None
     try:
-        data = json.loads(text)
-    except ValueError:
-        raise ValueError(f"{path}: the embedded invoke-nodes metadata is corrupt") from None
+        data = load_json(text)
+    except UntrustedInputError as exc:
+        raise ValueError(f"the embedded invoke-nodes graph is refused: {exc}") from None
     return data if isinstance(data, dict) else None
 
 
@@ -125,8 +132,10 @@ class DiskImageStore(ImageStore):
         path = self.path(text)
         if not path.is_file():
             raise ImageNotFoundError(text)
-        with Image.open(path) as handle:
-            image = handle.copy()
+        try:
+            image = open_image(path)
+        except UntrustedInputError as exc:  # a file dropped into the outputs folder, not one the app wrote
+            raise StoredImageError(f"stored image {text!r} cannot be read: {exc}") from None
         self._cache.put(text, image)
         return image.copy()
 

@@ -2,15 +2,16 @@
 files a user picks (Save / Open), including graphs embedded in PNGs the app produced."""
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+from nodes.core.untrusted import MAX_JSON_BYTES, UntrustedInputError, load_json, regular_file
 
 from services.fsutil import atomic_write_text, remove
 from services.engine.graph import Graph, GraphError
 from services.stores.images import read_embedded
 from services.lru import LRU
-from services.engine.session import Session, SessionFormatError
+from services.engine.session import Session, SessionFormatError, is_valid_session_id
 
 
 class SessionNotFoundError(KeyError):
@@ -47,7 +48,7 @@ class DiskSessionStore(SessionStore):
         self._cache: LRU[str, Session] = LRU(cache_size)
 
     def _path(self, session_id: str) -> Path:
-        if not session_id or not all(c.isalnum() or c in "-_" for c in session_id):
+        if not is_valid_session_id(session_id):
             raise SessionNotFoundError(session_id)
         return self.folder / f"{session_id}.json"
 
@@ -93,13 +94,16 @@ def read_session_file(path: str | Path) -> Session:
     """Open a saved session (.json) or the graph embedded in a PNG the app made (a new session)."""
     path = Path(path)
     try:
+        size = regular_file(path).stat().st_size  # a FIFO would block the read, a huge file fill the memory
+        if size > MAX_JSON_BYTES:
+            raise SessionFileError(f"{path}: too large ({size} bytes; at most {MAX_JSON_BYTES})")
         if path.suffix.lower() == ".png":
             embedded = read_embedded(path)
             if not embedded or not isinstance(embedded.get("graph"), dict):
                 raise SessionFileError(f"{path}: this PNG carries no invoke-nodes graph")
             return Session(Graph.from_dict(embedded["graph"]), change=f"from image {path.name}")
         return Session.from_json(path.read_bytes())
-    except (SessionFormatError, GraphError, ValueError) as exc:
+    except (SessionFormatError, GraphError, ValueError) as exc:  # UntrustedInputError is a ValueError
         if isinstance(exc, SessionFileError):
             raise
         raise SessionFileError(f"{path}: {exc}") from None
@@ -109,8 +113,7 @@ def read_session_file(path: str | Path) -> Session:
 
 def graph_from_json_text(text: str) -> Graph:
     try:
-        return Graph.from_dict(json.loads(text))
-    except ValueError as exc:
-        if isinstance(exc, GraphError):
-            raise
-        raise GraphError(f"not valid JSON: {exc}") from None
+        data = load_json(text)
+    except UntrustedInputError as exc:
+        raise GraphError(str(exc)) from None
+    return Graph.from_dict(data)
