@@ -75,7 +75,7 @@ class Shell:
             "history": (self.cmd_history, "history", "nodes of this session with ids, state and links"),
             "run": (self.cmd_run, "run", "run the session again (finished nodes are skipped, failed ones retried)"),
             "set": (self.cmd_set, "set NODE.FIELD=VALUE", "change a value (a new session; unchanged nodes come from the cache)"),
-            "save": (self.cmd_save, "save FILE", "save the session as JSON"),
+            "save": (self.cmd_save, "save FILE [--overwrite]", "save the session as JSON (--overwrite replaces a file)"),
             "load": (self.cmd_load, "load FILE", "open a saved session or a PNG made by invoke-nodes"),
             "new": (self.cmd_new, "new", "start an empty session"),
             "quit": (self.cmd_quit, "quit", "leave (also: exit, Ctrl-D)"),
@@ -198,7 +198,10 @@ class Shell:
         return self.run_session()
 
     def cmd_save(self, args: list[str]) -> int:
-        path = self._one_path("save", args)
+        overwrite = "--overwrite" in args
+        path = self._one_path("save", [a for a in args if a != "--overwrite"])
+        if path.exists() and not overwrite:
+            raise CommandError("save", None, f"{path} exists; 'save {shlex.quote(str(path))} --overwrite' replaces it")
         try:
             write_session_file(self.session, path)
         except OSError as exc:

@@ -147,7 +147,7 @@ def parse_command(words: list[str]) -> ParsedCommand:
 
 
 def _is_negative_int(text: str) -> bool:
-    return text.startswith("-") and text[1:].isdigit()
+    return text.startswith("-") and text[1:].isascii() and text[1:].isdigit()  # '¹'.isdigit() is True
 
 
 def _take_value(command: str, key: str, has_value: str, inline: str, rest: list[str], meta: str) -> str:

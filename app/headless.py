@@ -59,13 +59,15 @@ def result_nodes(session: Session, everything: bool) -> list[str]:
 
 
 def copy_images(images: ImageStore, session: Session, nodes: list[str], out: Path) -> list[Path]:
-    """Copy the nodes' images as NODE-TYPE.png, numbered NODE-TYPE-K.png where a node has several."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    """Copy the nodes' images as NODE-TYPE.png, numbered NODE-TYPE-K.png where a node has several
+    (node ids hold no path separators: the graph refuses them)."""
+    written: list[Path] = []
     for node_id in nodes:
         node = session.graph.nodes[node_id]
         rows = [r for r in session.results.get(node_id, ()) if r.state in DONE_STATES and r.outputs]
         sources = [path for row in rows for path in image_paths(images, session, node_id, row.outputs)]
+        if sources:
+            out.mkdir(parents=True, exist_ok=True)
         for number, source in enumerate(sources):
             target = out / (f"{node_id}-{node.type}-{number}.png" if len(sources) > 1 else f"{node_id}-{node.type}.png")
             atomic_copy(source, target)
@@ -98,15 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         print("invoke-nodes run: canceled", file=sys.stderr)
         return NODE_FAILED
     failed = [f for f in reporter.failures if f.state != "skipped"] or reporter.failures
-    if failed:
-        for failure in failed:
-            print(f"invoke-nodes run: node '{failure.node_id}' ({failure.node_type}) {failure.state}: {failure.reason}", file=sys.stderr)
-        return NODE_FAILED
-    try:
+    for failure in failed:
+        print(f"invoke-nodes run: node '{failure.node_id}' ({failure.node_type}) {failure.state}: {failure.reason}", file=sys.stderr)
+    try:  # a failed branch does not lose what the others made
         written = copy_images(invoker.images, session, result_nodes(session, args.all), Path(args.out))
     except OSError as exc:
         print(f"invoke-nodes run: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return BAD_INPUT
     for path in written:
         print(path)
-    return OK
+    return NODE_FAILED if failed else OK

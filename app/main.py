@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"invoke-nodes: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
         return 2
+    from services.config import Settings
+    from services.logfile import setup
+
+    setup(Settings.load().data_dir)  # tracebacks go to the log file, not the user's terminal
     module = import_module(COMMANDS[command][0])
     return int(module.main(args) or 0)
 

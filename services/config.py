@@ -25,6 +25,9 @@ def _default_dirs() -> tuple[Path, Path]:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)), Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
 
 
+_NOT_SAVED = frozenset({"data_dir", "config_dir", "writes_outputs_only"})
+
+
 @dataclass
 class Settings:
     data_dir: Path
@@ -46,6 +49,10 @@ class Settings:
     ram_cache_gb: float = 6.0
     vram_cache_gb: float = 8.0
     recent_files: list[str] = field(default_factory=list)
+    # folders outside the outputs folder that nodes (save_image) may write to: see nodes/core/writes.py
+    allowed_write_dirs: list[Path] = field(default_factory=list)
+    # set for this process only (never saved): an API server without a token writes to outputs only
+    writes_outputs_only: bool = False
 
     @classmethod
     def load(cls) -> "Settings":
@@ -71,17 +78,17 @@ class Settings:
     def _apply(self, data: dict[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
         for key, value in data.items():
-            if key not in known or key in ("data_dir", "config_dir"):
+            if key not in known or key in _NOT_SAVED:
                 continue
             if key.endswith("_dir"):
                 value = Path(value)
-            elif key == "extra_model_dirs":
+            elif key in ("extra_model_dirs", "allowed_write_dirs"):
                 value = [Path(v) for v in value]
             setattr(self, key, value)
 
     def save(self) -> None:
-        data = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_model_dirs" else v)
-                for k, v in asdict(self).items() if k not in ("data_dir", "config_dir")}
+        data = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k.endswith("_dirs") else v)
+                for k, v in asdict(self).items() if k not in _NOT_SAVED}
         atomic_write_text(self.path, json.dumps(data, indent=2))
 
     def ensure_dirs(self) -> None:

@@ -26,6 +26,7 @@ def _pixels(services, session, node_id):
 
 
 def test_load_resize_crop_save(invoker, services, tmp_path):
+    services.settings.allowed_write_dirs = [tmp_path]  # a folder outside the outputs folder, allowed by the user
     source = tmp_path / "in.png"
     gradient = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (32, 1, 3))
     Image.fromarray(gradient).save(source)

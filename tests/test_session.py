@@ -31,7 +31,7 @@ def test_json_round_trip_is_identical(invoker, tmp_path):
     assert loaded.to_dict() == session.to_dict()
     data = json.loads(path.read_text())
     assert data["schema_version"] == SESSION_SCHEMA_VERSION
-    assert data["results"]["3"][0]["error"] == "RuntimeError: boom on purpose"
+    assert "node '3' (test_failing): unexpected RuntimeError: boom on purpose" in data["results"]["3"][0]["error"]
     assert data["ui"]["positions"]["2"] == [200, 20]
     assert [n["version"] for n in data["graph"]["nodes"]] == ["1.0.0"] * 3
 

@@ -43,6 +43,8 @@ def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozens
     are answered (None: any).
     """
     version = app_version()
+    # without a token anyone who reaches the port runs nodes: they may write to the outputs folder only
+    invoker.services.settings.writes_outputs_only = token is None
     writer = DurableAppends(invoker)
     hub = EventHub(invoker, writer.get)
     socket_io_events = socket_io.SocketIOEvents(hub)

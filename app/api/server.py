@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     invoker = Invoker(Services.local(settings, executor=args.executor or settings.api_executor))
     for error in invoker.plugin_errors:
         print(f"warning: {error}", file=sys.stderr)
-    app = create_app(invoker, token=args.token, allowed_hosts=LOOPBACK_HOSTS if loopback else None,
+    app = create_app(invoker, token=args.token, allowed_hosts=(LOOPBACK_HOSTS | {args.host}) if loopback else None,
                      max_upload_bytes=int(args.max_upload_mb * 2**20))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, ws="auto",
                             timeout_graceful_shutdown=5)

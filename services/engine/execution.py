@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from nodes.base import BaseInvocation, CanceledError, NodeInputError
 
 from services.engine.cache import cache_key
+from services.logfile import log_path
 from services.container import Services
 from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
 from services.executors.base import NodeCall, NodeFailedError
@@ -73,6 +74,15 @@ def mark_stale(services: Services, session: Session, *, reopened: bool = False) 
             for row in rows:
                 row.state = new_state
     return list(stale)
+
+
+def unexpected_failure(services: Services, node: GraphNode, exc: Exception) -> str:
+    """The one line a user sees when a node fails in a way it did not report as bad input: the node,
+    the error, and where the traceback is (the log file, never the screen)."""
+    log.warning("node %s (%s) failed", node.id, node.type, exc_info=exc)
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    where = log_path(services.settings.data_dir)
+    return f"node '{node.id}' ({node.type}): unexpected {type(exc).__name__}{': ' + text if text else ''} (traceback in {where})"
 
 
 class SessionRun:
@@ -151,8 +161,9 @@ class SessionRun:
             if self.cancel.is_set():
                 rows.append(NodeResult(node.id, CANCELED, index, error="canceled"))
                 break
-            rows.extend(self._run_instance(node, index, linked))
-            if rows[-1].state == CANCELED:
+            produced = self._run_instance(node, index, linked)
+            rows.extend(produced)
+            if produced and produced[-1].state == CANCELED:
                 break
         self._finish(node.id, rows)
         return not any(r.state == CANCELED for r in rows)
@@ -188,8 +199,7 @@ class SessionRun:
         except NodeFailedError as exc:  # the message already names the node and says what happened
             return [NodeResult(node.id, FAILED, index, error=str(exc), seconds=time.perf_counter() - started)]
         except Exception as exc:  # a failing node marks itself failed; the worker goes on
-            log.warning("node %s (%s) failed", node.id, cls.node_type, exc_info=True)
-            return [NodeResult(node.id, FAILED, index, error=f"{type(exc).__name__}: {exc}",
+            return [NodeResult(node.id, FAILED, index, error=unexpected_failure(self.services, node, exc),
                                seconds=time.perf_counter() - started)]
         seconds = time.perf_counter() - started
         if key is not None:

@@ -157,6 +157,9 @@ class Graph:
         cls = node_class(data.get("type"), node_id)
         if node_id in self.nodes:
             raise GraphError("a node with this id already exists", node_id, cls.node_type)
+        if any(c in node_id for c in "/\\") or not node_id.isprintable() or len(node_id) > 128:
+            raise GraphError("node ids may not hold path separators or control characters, nor be longer than 128",
+                             node_id[:80], cls.node_type)
         if (number := _as_int(node_id)) is not None and number < 0:
             raise GraphError("node ids may not be negative numbers (those are history links)", node_id, cls.node_type)
         values = self._validate_values(node_id, cls, data)
@@ -235,7 +238,7 @@ class Graph:
                 if is_compatible(self.output_tag(source, name), port.tag):
                     links.append(Link(source, name, node_id, name))
                     taken.add(name)
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for link in links:
             self._check_link(link, cls, seen)
         return links
@@ -251,7 +254,8 @@ class Graph:
             raise GraphError(f"link from unknown node '{text}' (links run from existing nodes)", node_id, cls.node_type)
         return text
 
-    def _check_link(self, link: Link, cls: type[BaseInvocation], seen: set[str]) -> None:
+    def _check_link(self, link: Link, cls: type[BaseInvocation], seen: dict[str, str]) -> None:
+        """`seen`: input -> the tag of the first link into it (a collect input gathers one type)."""
         src = self.nodes[link.from_node]
         if link.from_field not in src.cls.outputs():
             raise GraphError(
@@ -270,7 +274,10 @@ class Graph:
                              link.to_node, cls.node_type, link.to_field)
         if link.to_field in seen and not port.collect:
             raise GraphError("input already has a link", link.to_node, cls.node_type, link.to_field)
-        seen.add(link.to_field)
+        first = seen.setdefault(link.to_field, source_tag)
+        if not (is_compatible(source_tag, first) or is_compatible(first, source_tag)):
+            raise GraphError(f"cannot collect {source_tag} output '{link.from_node}.{link.from_field}' with the {first} "
+                             "values already linked here (a collect gathers one type)", link.to_node, cls.node_type, link.to_field)
 
     # --- whole graphs ------------------------------------------------------------------------
 
