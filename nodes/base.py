@@ -167,6 +167,11 @@ def type_tag(annotation: Any) -> str:
     raise NodeDefinitionError(f"unsupported field type {annotation!r}")
 
 
+def with_article(word: str) -> str:
+    """'a vae', 'an upscaler': for messages that name a kind of thing."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def list_item_tag(tag: str) -> str | None:
     return tag[5:-1] if tag.startswith("list[") else None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, ClassVar, Literal
 
-from .base import BaseInvocation, ImageField, InputField, NodeInputError, SeedField
+from .base import BaseInvocation, ImageField, InputField, NodeInputError, SeedField, with_article
 from .context import InvocationContext
 from .outputs import ImageOutput
 
@@ -40,7 +40,7 @@ class DiffusionInvocation(BaseInvocation):
     def _model_info(self, context: InvocationContext, field: str, kind: str) -> Any:
         model_id = getattr(self, field)
         if not model_id:
-            raise NodeInputError(field, f"choose a {kind} model")
+            raise NodeInputError(field, f"choose {with_article(kind)} model")
         try:
             return context.models.get(model_id, kind=kind)
         except KeyError as exc:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Iterator, Literal
 from PIL import Image
 from pydantic import BaseModel
 
-from .base import BaseInvocation, ImageField, InputField, NodeInputError, OutputField
+from .base import BaseInvocation, ImageField, InputField, NodeInputError, OutputField, with_article
 from .context import InvocationContext
 from .outputs import ImageOutput
 
@@ -21,13 +21,14 @@ def _using_model(context: InvocationContext, model_id: str, kind: str) -> Iterat
     """The loaded spandrel descriptor for `model_id`, checked to be of `kind` before loading, and
     kept loaded (not evicted by another load) while the block runs."""
     if not model_id:
-        raise NodeInputError("model", f"choose a {kind.replace('_', ' ')} model")
+        raise NodeInputError("model", f"choose {with_article(kind.replace('_', ' '))} model")
     try:
         info = context.models.get(model_id)
     except KeyError as exc:  # the manager's message lists the known models
         raise NodeInputError("model", str(exc.args[0]) if exc.args else f"no model '{model_id}'") from None
     if info.kind != kind:
-        raise NodeInputError("model", f"'{model_id}' is a {info.kind} model, not a {kind} model")
+        raise NodeInputError("model", f"'{model_id}' is {with_article(info.kind.replace('_', ' '))} model, "
+                                      f"not {with_article(kind.replace('_', ' '))} model")
     with contextlib.ExitStack() as stack:
         try:
             (descriptor,) = stack.enter_context(context.models.use(model_id))

@@ -298,7 +298,7 @@ def test_bad_node_is_422_naming_node_and_field_and_changes_nothing(http, body, n
     assert http.get(f"/api/v1/sessions/{sid}").json() == before
 
 
-@pytest.mark.parametrize("node_id,status", [("¹", 201), ("--5", 201), ("9" * 5000, 201), ("-5", 422), ("07", 201)])
+@pytest.mark.parametrize("node_id,status", [("¹", 201), ("--5", 201), ("9" * 100, 201), ("9" * 5000, 422), ("-5", 422), ("07", 201)])
 def test_numeric_looking_node_ids_never_crash(http, node_id, status):
     # found by the fuzzer: "¹".isdigit() is true and int("¹") fails; int() refuses 5000 digits
     sid = create(http)["id"]

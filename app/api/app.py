@@ -35,6 +35,29 @@ to the engine or a plugin appears here by itself.  Errors are JSON: `{"error", "
 """ + "\n\n".join(module.__doc__ or "" for module in (events, websocket, socket_io))
 
 
+def _serve_docs_locally(app: FastAPI) -> None:
+    """/docs and /redoc with their scripts served here: FastAPI's defaults load them from a CDN, so
+    the pages are blank offline (and a loopback server would depend on a third party)."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    assets = Path(fastapi_offline.__file__).with_name("static")
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> Any:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Any:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)
+
+
 def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozenset[str] | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
     """The API over an existing invoker (nodes and plugins already loaded).
@@ -57,7 +80,7 @@ def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozens
         writer.close()
 
     app = FastAPI(title="invoke-nodes", version=version, description=DESCRIPTION, lifespan=lifespan,
-                  responses=ERROR_RESPONSES)  # type: ignore[arg-type]
+                  responses=ERROR_RESPONSES, docs_url=None, redoc_url=None)  # type: ignore[arg-type]
     app.state.invoker = invoker
     app.state.events = hub
     app.state.writer = writer
@@ -82,6 +105,7 @@ def create_app(invoker: Any, *, token: str | None = None, allowed_hosts: frozens
         return RedirectResponse("/static/test.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _serve_docs_locally(app)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

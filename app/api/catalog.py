@@ -22,6 +22,7 @@ def node_info(cls: type[BaseInvocation]) -> dict[str, Any]:
 
 
 @router.get("/nodes/", response_model=list[NodeInfo], summary="Every node type: inputs, outputs, JSON schema")
+@router.get("/nodes", response_model=list[NodeInfo], include_in_schema=False)  # no 307 to "/nodes/"
 def list_nodes() -> list[dict[str, Any]]:
     return [node_info(REGISTRY[name]) for name in sorted(REGISTRY)]
 
@@ -34,17 +35,19 @@ def get_node(node_type: str) -> dict[str, Any]:
     return node_info(cls)
 
 
-@router.get("/models/", response_model=ModelList, summary="Models the model manager found")
+@router.get("/models/", response_model=ModelList, summary="Models the model manager found, and the files it did not recognise")
+@router.get("/models", response_model=ModelList, include_in_schema=False)  # no 307 to "/models/"
 def list_models(kind: str | None = Query(None, description="main, vae, upscaler, face_restore, ..."),
                 invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     try:
         items = invoker.list_models(kind)
+        unrecognized = [{"path": u.path, "reason": u.reason} for u in invoker.unrecognized_models()]
     except ImportError as exc:  # the model manager is optional at this layer: report, don't fail
         log.warning("model manager unavailable: %s", exc)
         return {"available": False, "error": f"model manager unavailable: {exc}", "items": []}
     except ValueError as exc:  # an unknown kind
         raise ApiError(422, "invalid_request", str(exc), field="kind") from None
-    return {"available": True, "items": [_jsonable(item) for item in items]}
+    return {"available": True, "items": [_jsonable(item) for item in items], "unrecognized": unrecognized}
 
 
 def _jsonable(item: Any) -> Any:

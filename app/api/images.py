@@ -30,6 +30,7 @@ def _open_upload(data: bytes) -> Image.Image:
 
 @router.post("/", status_code=status.HTTP_201_CREATED, response_model=ImageInfo,
              summary="Upload an image (multipart field `file`; larger than the server's upload limit: 413)")
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ImageInfo, include_in_schema=False)
 def upload_image(file: UploadFile = File(...), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     image = _open_upload(file.file.read())
     field = invoker.images.save(image)
@@ -37,6 +38,7 @@ def upload_image(file: UploadFile = File(...), invoker: Any = Depends(get_invoke
 
 
 @router.get("/", response_model=ImagePage, summary="List image names, newest first")
+@router.get("", response_model=ImagePage, include_in_schema=False)  # answered here, not with a 307 to "/"
 def list_images(offset: int = Query(0, ge=0, le=1_000_000), limit: int = Query(50, ge=1, le=500),
                 invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     names = invoker.images.list(offset, limit + 1)

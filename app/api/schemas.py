@@ -211,10 +211,17 @@ class NodeInfo(BaseModel):
     json_schema: dict[str, Any] = Field(description="JSON schema of the node's values")
 
 
+class UnrecognizedModelFile(BaseModel):
+    path: str
+    reason: str
+
+
 class ModelList(BaseModel):
     available: bool = Field(description="False when the model manager could not be loaded")
     error: str | None = None
     items: list[Any]
+    unrecognized: list[UnrecognizedModelFile] = Field(default_factory=list,
+                                                      description="Files in the models folders that are not models, and why")
 
 
 class Health(BaseModel):

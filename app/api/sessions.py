@@ -48,12 +48,14 @@ def session_model(invoker: Any, session: Session) -> dict[str, Any]:
 
 @router.post("/", status_code=status.HTTP_201_CREATED, response_model=SessionModel,
              summary="Create a session, empty or from a whole graph")
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionModel, include_in_schema=False)
 def create_session(graph: GraphModel | None = Body(None), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     session = invoker.create_session(graph.model_dump() if graph is not None else None)
     return session_model(invoker, session)
 
 
 @router.get("/", response_model=SessionPage, summary="List sessions, newest first")
+@router.get("", response_model=SessionPage, include_in_schema=False)  # answered here, not with a 307 to "/"
 def list_sessions(request: Request, offset: int = Query(0, ge=0, le=1_000_000), limit: int = Query(50, ge=1, le=200),
                   invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     ids = invoker.list_sessions(offset, limit + 1)  # one more than asked tells whether another page exists

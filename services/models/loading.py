@@ -52,14 +52,22 @@ def load_from_disk(info: Any, dtype_name: str, cache_dir: Path, device: str = "c
     raise ValueError(f"model '{info.id}' has kind '{info.kind}', which cannot be loaded")
 
 
+def _dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers renamed `torch_dtype` to `dtype` and warns (a FutureWarning on every load) about the
+    old name; older releases know only the old one."""
+    import diffusers.utils
+
+    return {"dtype": dtype} if hasattr(diffusers.utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 def _load_pipeline(info: Any, path: Path, dtype: torch.dtype, cache_dir: Path) -> Any:
     cls = pipeline_class(info.base)
     extra = {} if info.base == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     if info.format == "diffusers":
-        pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
+        pipe = cls.from_pretrained(path, **_dtype(dtype), local_files_only=True, **extra)
     else:
         config = info.config_path or config_folder(info.base, cache_dir / "model_configs")
-        pipe = cls.from_single_file(str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra)
+        pipe = cls.from_single_file(str(path), config=str(config), **_dtype(dtype), local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -68,11 +76,11 @@ def _load_vae(info: Any, path: Path, dtype: torch.dtype, cache_dir: Path) -> Any
     from diffusers import AutoencoderKL
 
     if info.format == "diffusers":
-        return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        return AutoencoderKL.from_pretrained(path, **_dtype(dtype), local_files_only=True)
     if info.config_path:  # a sidecar holding the VAE's own config.json
-        return AutoencoderKL.from_single_file(str(path), config=info.config_path, torch_dtype=dtype, local_files_only=True)
+        return AutoencoderKL.from_single_file(str(path), config=info.config_path, **_dtype(dtype), local_files_only=True)
     config = config_folder("sd1", cache_dir / "model_configs")  # SD 1.x/2.x/XL VAEs share the architecture
-    return AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", torch_dtype=dtype,
+    return AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", **_dtype(dtype),
                                           local_files_only=True)
 
 
