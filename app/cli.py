@@ -78,6 +78,7 @@ class Shell:
             "save": (self.cmd_save, "save FILE [--overwrite]", "save the session as JSON (--overwrite replaces a file)"),
             "load": (self.cmd_load, "load FILE", "open a saved session or a PNG made by invoke-nodes"),
             "new": (self.cmd_new, "new", "start an empty session"),
+            "models": (self.cmd_models, "models", "models found in the models folders, and files that are not models (and why)"),
             "quit": (self.cmd_quit, "quit", "leave (also: exit, Ctrl-D)"),
             "exit": (self.cmd_quit, "exit", "leave"),
         }
@@ -222,6 +223,18 @@ class Shell:
     def _say_stale(self, node_ids: list[str]) -> None:
         if node_ids:
             self.print(f"stale (their images, or their inputs' images, are gone; 'run' makes them again): {', '.join(node_ids)}")
+
+    def cmd_models(self, args: list[str]) -> int:
+        self._no_args("models", args)
+        manager = self.services.models
+        models = manager.list()
+        for info in models:
+            self.print(f"{info.id:<28} {info.kind:<12} {info.base or '':<5} {info.path}")
+        if not models:
+            self.print("no models found")
+        for item in manager.unrecognized():
+            self.print(f"not a model: {item.path}: {item.reason}")
+        return OK
 
     def cmd_new(self, args: list[str]) -> int:
         self._no_args("new", args)

@@ -76,7 +76,7 @@ def open_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_
     except PermissionError:
         raise UntrustedInputError("permission denied") from None
     except Exception as exc:  # Pillow raises many types for bad data (OSError, SyntaxError, ValueError, ...)
-        raise UntrustedInputError(f"not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+        raise UntrustedInputError(_unreadable(exc)) from None
 
 
 def open_image_info(path: str | os.PathLike[str], key: str) -> str | None:
@@ -90,8 +90,14 @@ def open_image_info(path: str | os.PathLike[str], key: str) -> str | None:
     except Image.DecompressionBombError:
         raise UntrustedInputError(f"the image is larger than {MAX_IMAGE_PIXELS} pixels (a decompression bomb?)") from None
     except Exception as exc:
-        raise UntrustedInputError(f"not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+        raise UntrustedInputError(_unreadable(exc)) from None
     return text if isinstance(text, str) else None
+
+
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, ValueError) and "too large" in str(exc).lower():  # Pillow's text-chunk limit
+        return f"its embedded text is too large ({exc})"
+    return f"not an image Pillow can read ({type(exc).__name__}: {exc})"
 
 
 def regular_file(path: str | os.PathLike[str]) -> Path:

@@ -8,6 +8,7 @@ it and is imported when a model is loaded.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -195,10 +196,14 @@ def _probe_file(path: Path) -> _Found:
 
 
 class _ProbeCache:
-    """Probe results keyed by (path, mtime, size), so a rescan only reads new or changed files."""
+    """Probe results keyed by (path, mtime, size), so a rescan only reads new or changed files.
+    Kept on disk too: a new process answers its first listing without probing (a .ckpt probe
+    imports torch, seconds on its own)."""
 
-    def __init__(self) -> None:
-        self._results: dict[Path, tuple[tuple[int, int], _Found | str]] = {}
+    def __init__(self, file: Path | None = None) -> None:
+        self._file = file
+        self._results: dict[Path, tuple[tuple[int, int], _Found | str]] = self._read() if file else {}
+        self._changed = False
 
     def probe(self, path: Path, stamp_path: Path, probe: Any) -> _Found | str:
         try:
@@ -214,7 +219,51 @@ class _ProbeCache:
         except Exception as exc:  # every failure becomes the reason shown to the user
             result = _reason(exc)
         self._results[path] = (stamp, result)
+        self._changed = True
         return result
+
+    def save(self) -> None:
+        if self._file is None or not self._changed:
+            return
+        from services.fsutil import atomic_write_text
+
+        rows = [[str(path), list(stamp), result if isinstance(result, str) else _found_to_json(result)]
+                for path, (stamp, result) in self._results.items()]
+        try:
+            atomic_write_text(self._file, json.dumps({"version": _SCAN_CACHE_VERSION, "rows": rows}))
+            self._changed = False
+        except OSError as exc:
+            log.warning("cannot write the model scan cache %s: %s", self._file, exc)
+
+    def _read(self) -> dict[Path, tuple[tuple[int, int], _Found | str]]:
+        from nodes.core.untrusted import UntrustedInputError, load_json, regular_file
+
+        assert self._file is not None
+        try:
+            data = load_json(regular_file(self._file).read_bytes())
+            if data.get("version") != _SCAN_CACHE_VERSION:
+                return {}
+            return {Path(path): ((int(stamp[0]), int(stamp[1])), result if isinstance(result, str) else _found_from_json(result))
+                    for path, stamp, result in data["rows"]}
+        except FileNotFoundError:
+            return {}
+        except (UntrustedInputError, OSError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            log.warning("ignoring the model scan cache %s: %s", self._file, exc)  # rebuilt by this scan
+            return {}
+
+
+_SCAN_CACHE_VERSION = 1
+
+
+def _found_to_json(found: _Found) -> dict[str, Any]:
+    data = asdict(found)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def _found_from_json(data: dict[str, Any]) -> _Found:
+    paths = {k: Path(data[k]) for k in ("root", "path")}
+    config = data.get("config_path")
+    return _Found(**{**data, **paths, "config_path": Path(config) if config else None})
 
 
 def _reason(exc: Exception) -> str:
@@ -380,7 +429,7 @@ class LocalModelManager(ModelManager):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.RLock()
-        self._probes = _ProbeCache()
+        self._probes = _ProbeCache(Path(settings.data_dir) / "cache" / "model_scan.json")
         self._models: dict[str, ModelInfo] | None = None
         self._unrecognized: list[UnrecognizedFile] = []
         self._cache: ModelCache | None = None
@@ -447,6 +496,7 @@ class LocalModelManager(ModelManager):
                 else:
                     result.root = root
                     found.append(result)
+        self._probes.save()
         with self._lock:
             self._models = self._assign_ids(found)
             self._unrecognized = unrecognized
