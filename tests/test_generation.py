@@ -210,3 +210,37 @@ def test_txt2img_on_the_gpu_in_half_precision(tmp_path):
     again = Generator(pipe, "sd1").run(request, lambda *a: None)[0]
     assert pipe.unet.dtype == torch.float16
     assert np.array_equal(np.asarray(first), np.asarray(again))
+
+
+def test_a_corrupt_model_fails_naming_node_field_and_file_without_a_traceback(tmp_path):
+    """A single file whose header passes the scan (it is listed) but whose weights do not load."""
+    import re
+    import warnings
+
+    from services.models import demo as demo_models
+
+    models = tmp_path / "models"
+    demo_models.write_tiny_sd1_single_file(models / "good.safetensors", seed=1)
+    data = (models / "good.safetensors").read_bytes()
+    # a conv weight's shape swapped: same size, so the header still checks out; loading it cannot
+    corrupt, count = re.subn(rb'("model\.diffusion_model\.out\.2\.weight":\{[^}]*"shape":\[)4,32(,3,3\])', rb"\g<1>32,4\2", data)
+    assert count == 1
+    (models / "corrupt.safetensors").write_bytes(corrupt)
+    settings = Settings(data_dir=tmp_path, config_dir=tmp_path / "config", models_dir=models, outputs_dir=tmp_path / "outputs",
+                        sessions_dir=tmp_path / "sessions", plugins_dir=tmp_path / "plugins", device="cpu")
+    services = Services.local(settings)
+    demo_models.write_tiny_sd1_diffusers(models / "folder")  # diffusers' warning comes from its from_pretrained
+    assert sorted(m.id for m in services.models.list("main")) == ["corrupt", "folder", "good"]
+    invoker = Invoker(services)
+    try:
+        session, _ = run(invoker, services, txt2img(model="corrupt"))
+        error = session.results["1"][0].error
+        assert error.startswith(f"node '1' (txt2img), field 'model': cannot load model 'corrupt' ({models / 'corrupt.safetensors'}): ")
+        assert "Traceback" not in error and len(error.splitlines()) == 1
+        with warnings.catch_warnings(record=True) as caught:  # diffusers' torch_dtype FutureWarning, once on every load
+            warnings.simplefilter("always")
+            session, _ = run(invoker, services, txt2img(model="folder"))
+        assert session.is_complete(), session.errors()
+        assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+    finally:
+        invoker.shutdown()

@@ -266,6 +266,12 @@ def _found_from_json(data: dict[str, Any]) -> _Found:
     return _Found(**{**data, **paths, "config_path": Path(config) if config else None})
 
 
+def _first_line(exc: Exception, limit: int = 300) -> str:
+    """Torch's errors run over many lines; one line reaches the user, the rest the log."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def _reason(exc: Exception) -> str:
     """A probe failure as a sentence: ValueError/OSError messages are written for users; anything
     else is a file whose contents the probe did not expect (a KeyError alone reads "'shape'")."""
@@ -585,11 +591,11 @@ class LocalModelManager(ModelManager):
             try:
                 model = load_from_disk(info, self.dtype_name, self.cache_dir, self.device)
             except (ValueError, OSError) as exc:  # written for users (a refused pickle, an unreadable file)
-                raise ModelLoadError(model_id, f"cannot load model '{model_id}' ({info.path}): {exc}") from None
+                raise ModelLoadError(model_id, f"cannot load model '{model_id}' ({info.path}): {_first_line(exc)}") from None
             except Exception as exc:  # a file that probed as a model but does not load (e.g. corrupt)
                 log.warning("loading model %s (%s) failed", model_id, info.path, exc_info=True)
                 raise ModelLoadError(model_id, f"cannot load model '{model_id}' ({info.path}): the file looks like a "
-                                     f"{info.kind} model but does not load ({type(exc).__name__}: {str(exc)[:200]})") from None
+                                     f"{info.kind} model but does not load ({type(exc).__name__}: {_first_line(exc)})") from None
             entry = cache.put(model_id, model, model_bytes(model))
         if self.on_gpu:
             cache.to_gpu(model_id)
