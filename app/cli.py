@@ -25,7 +25,7 @@ from services.stores.sessions import SessionFileError, write_session_file
 
 from .cli_progress import RunReporter
 from .cli_schema import (COMMON_NAMES, CommandError, ParsedCommand, command_help, commands_overview, last_segment,
-                         option_name, parse_command, parse_value, split_pipeline)
+                         option_name, parse_command, parse_value, shown, split_pipeline)
 
 PROMPT = "invoke> "
 HISTORY_FILE = "cli_history"
@@ -56,7 +56,7 @@ def set_field(session: Session, assignment: str, command: str = "set") -> Sessio
         return session.set_value(node_id, field, parse_value(port, text))
     except (GraphError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, GraphError) else str(exc)
-        raise CommandError(command, target, f"{reason} (got {text!r})") from None
+        raise CommandError(command, target, f"{reason} (got {shown(text)})") from None
 
 
 class Shell:
@@ -136,7 +136,7 @@ class Shell:
         """Name the option the engine's complaint is about."""
         field = exc.field
         if field is not None and field in command.texts:
-            return CommandError(command.node_type, option_name(field), f"{exc.reason} (got {command.texts[field]!r})")
+            return CommandError(command.node_type, option_name(field), f"{exc.reason} (got {shown(command.texts[field])})")
         if command.links and (field is None or any(to == field for _, _, to in command.links)):
             return CommandError(command.node_type, "--link", exc.reason)
         return CommandError(command.node_type, option_name(field) if field else None, exc.reason)

@@ -9,7 +9,6 @@ validation (types, bounds, enum choices) is the only validation and its messages
 from __future__ import annotations
 
 import difflib
-import json
 import shlex
 import shutil
 import textwrap
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodes.base import REGISTRY, BaseInvocation, Port, list_item_tag
+from nodes.core.untrusted import UntrustedInputError, load_json
 
 # Options every node command has, besides its inputs: (option, metavar, help)
 COMMON_OPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -80,17 +80,16 @@ def parse_value(port: Port, text: str) -> Any:
         return [item.strip() for item in stripped.split(",") if item.strip()]
     if port.tag == "any":
         try:
-            return json.loads(stripped)
-        except ValueError:
+            return load_json(stripped)
+        except UntrustedInputError as exc:
+            if "nested deeper" in str(exc):
+                raise
             return text
     return text
 
 
 def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
+    return load_json(text)  # its UntrustedInputError is a ValueError saying why
 
 
 _BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
@@ -141,9 +140,14 @@ def parse_command(words: list[str]) -> ParsedCommand:
             try:
                 parsed.values[field_name] = parse_value(port, text)
             except ValueError as exc:
-                raise CommandError(name, key, f"{exc} (got {text!r})") from None
+                raise CommandError(name, key, f"{exc} (got {shown(text)})") from None
             parsed.texts[field_name] = text
     return parsed
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """What was typed, quoted, for an error line (a pasted megabyte stays out of it)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def _is_negative_int(text: str) -> bool:
