@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,23 @@ def model_files(folder: Path, marker: Path) -> dict[str, Case]:
             path.write_bytes(content)
         out[name] = Case(path, reason)
     return out
+
+
+def scan_within(manager, seconds: float) -> None:
+    """manager.rescan() on a thread: a FIFO read blocks forever, so a hang fails the test instead."""
+    errors: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            manager.rescan()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=scan, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the model scan hangs"
+    assert not errors, errors
 
 
 def snapshot(*folders: Path) -> dict[str, tuple[str, int, int]]:

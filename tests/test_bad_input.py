@@ -21,6 +21,7 @@ from services.engine.graph import Graph, GraphError
 from services.engine.session import Session
 from services.models.manager import LocalModelManager
 from services.stores.sessions import write_session_file
+from tests.hostile import scan_within
 from tests.test_cli_terminal import cli_env, pixels, run_app
 
 load_builtin_nodes()
@@ -85,6 +86,7 @@ def test_one_dangling_link_or_fifo_leaves_the_other_models_usable(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "c", models_dir=models, outputs_dir=tmp_path / "o",
                         sessions_dir=tmp_path / "s", plugins_dir=tmp_path / "p", device="cpu")
     manager = LocalModelManager(settings)
+    scan_within(manager, 60)
     assert [m.id for m in manager.list()] == ["good-vae"]
     assert manager.get("good-vae", kind="vae").format == "diffusers"
     reasons = {Path(u.path).name: u.reason for u in manager.unrecognized()}

@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from app.canvas.controller import CanvasController
 from nodes.discovery import load_builtin_nodes
 from services.config import Settings
 from services.models.manager import LocalModelManager, ModelNotFoundError
-from tests.hostile import Case, image_files, model_files, session_files, snapshot
+from tests.hostile import Case, image_files, model_files, scan_within, session_files, snapshot
 from tests.test_cli_terminal import cli_env
 
 load_builtin_nodes()
@@ -126,23 +125,6 @@ def test_canvas_open_refuses_each_bad_file_and_keeps_the_graph(invoker, sessions
 
 
 # --- the model scanner -----------------------------------------------------------------------
-
-
-def scan_within(manager: LocalModelManager, seconds: float) -> None:
-    """Scan on a thread: a FIFO read would block forever, so a hang fails the test instead."""
-    errors: list[BaseException] = []
-
-    def scan() -> None:
-        try:
-            manager.rescan()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=scan, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), "the model scan hangs"
-    assert not errors, errors
 
 
 def test_scanner_lists_each_bad_model_file_with_its_reason_and_runs_none(tmp_path):

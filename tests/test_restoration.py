@@ -280,7 +280,7 @@ def test_upscale_node_target_scale_and_bad_overlap(models_dir, services, invoker
 
 def test_upscale_node_refuses_a_face_model(models_dir, services, invoker):
     row, _ = run_node(invoker, {"type": "upscale", "model": model_id(services, "face_restore")}, 16, 16)
-    assert row.state == FAILED and "field 'model'" in row.error and "is a face_restore model" in row.error
+    assert row.state == FAILED and "field 'model'" in row.error and "is a face restore model, not an upscaler model" in row.error
 
 
 def test_face_restore_aligned_512_without_detector(models_dir, services, invoker):
