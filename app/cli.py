@@ -226,13 +226,12 @@ class Shell:
 
     def cmd_models(self, args: list[str]) -> int:
         self._no_args("models", args)
-        manager = self.services.models
-        models = manager.list()
+        models = self.invoker.list_models()
         for info in models:
             self.print(f"{info.id:<28} {info.kind:<12} {info.base or '':<5} {info.path}")
         if not models:
             self.print("no models found")
-        for item in manager.unrecognized():
+        for item in self.invoker.unrecognized_models():
             self.print(f"not a model: {item.path}: {item.reason}")
         return OK
 

@@ -73,6 +73,9 @@ class InvocationContext(Protocol):
     @property
     def outputs_dir(self) -> Path: ...  # the user's outputs folder (where nodes may write files)
 
+    @property
+    def allowed_write_dirs(self) -> list[Path]: ...  # other folders the user allows (nodes/core/writes.py)
+
     def progress(self, step: int, total: int, message: str = "", preview: Image.Image | None = None) -> None:
         """Report progress (and a preview); raises CanceledError once the run is canceled."""
 

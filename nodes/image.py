@@ -84,7 +84,7 @@ class SaveImageInvocation(BaseInvocation):
         from .core.writes import file_name, target_folder, write_into
 
         name = file_name(self.filename or "image", ".png")
-        folder = target_folder(context.settings, self.folder, "saved")
+        folder = target_folder(context.outputs_dir, context.allowed_write_dirs, self.folder, "saved")
         overwrite = self.overwrite and bool(self.filename)
         try:
             write_into(folder, name, overwrite, lambda path: context.images.export(self.image, path))

@@ -71,6 +71,10 @@ class Settings:
                 setattr(settings, name, Path(os.environ[env]))
         return settings
 
+    def write_dirs(self) -> list[Path]:
+        """Folders besides the outputs folder that nodes may write to (nodes/core/writes.py)."""
+        return [] if self.writes_outputs_only else list(self.allowed_write_dirs)
+
     @property
     def path(self) -> Path:
         return self.config_dir / "settings.json"

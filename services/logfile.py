@@ -13,6 +13,14 @@ def log_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / "logs" / LOG_NAME
 
 
+def failure_line(node_id: str, node_type: str, exc: BaseException, data_dir: str | Path) -> str:
+    """The one line a user sees when a node fails in a way it did not report as bad input: the node,
+    the error, and where its traceback is (the log file, never the screen)."""
+    lines = str(exc).strip().splitlines()
+    text = f": {lines[0][:300]}" if lines else ""
+    return f"node '{node_id}' ({node_type}): unexpected {type(exc).__name__}{text} (traceback in {log_path(data_dir)})"
+
+
 def setup(data_dir: str | Path) -> Path | None:
     """Send warnings and errors of every logger to the log file instead of the terminal (Python's
     last-resort handler prints them, tracebacks included, on stderr).  Returns the file, or None

@@ -2,6 +2,7 @@
 should not.  (The file-by-file matrix over every entry point is test_hostile.py.)"""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -175,6 +176,13 @@ BROKEN_PLUGIN = textwrap.dedent('''
 
         def invoke(self, context) -> IntOutput:
             return IntOutput(value={}[self.value])
+
+
+    class BrokenInWorkerInvocation(BrokenInvocation):
+        """The same bug, in the AI worker process."""
+
+        type: Literal["broken_in_worker"] = "broken_in_worker"
+        runs_in_worker: ClassVar[bool] = True
 ''')
 
 
@@ -189,6 +197,25 @@ def test_an_unexpected_node_failure_is_one_line_and_the_traceback_goes_to_the_lo
     assert "Traceback" not in result.stdout + result.stderr
     text = log.read_text()
     assert "node 1 (broken) failed" in text and "Traceback" in text and "KeyError: 3" in text
+
+
+def test_an_unexpected_failure_in_the_ai_worker_names_the_node_too(tmp_path):
+    root = tmp_path / "user"
+    (root / "plugins").mkdir(parents=True)
+    (root / "plugins" / "broken.py").write_text(BROKEN_PLUGIN)
+    session = Session()
+    session.add_node({"type": "integer", "value": 1})
+    write_session_file(session, tmp_path / "graph.json")
+    data = json.loads((tmp_path / "graph.json").read_text())  # the plugin node is not registered here
+    data["graph"]["nodes"].append({"id": "b", "type": "broken_in_worker", "value": 5})
+    (tmp_path / "graph.json").write_text(json.dumps(data))
+    result = run_app(root, "run", str(tmp_path / "graph.json"), "--executor", "worker", "--out", str(tmp_path / "out"))
+    log = root / "logs" / "invoke-nodes.log"
+    assert result.returncode == 1, result.stderr
+    assert (f"invoke-nodes run: node 'b' (broken_in_worker) failed: node 'b' (broken_in_worker): unexpected KeyError: 5 "
+            f"(traceback in {log})") in result.stderr.splitlines()
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "KeyError: 5" in log.read_text() and "Traceback" in log.read_text()
 
 
 # --- 9. a loopback --host other than 127.0.0.1 ----------------------------------------------------

@@ -7,36 +7,28 @@
   numbered name (`name-1.png`, `name-2.png`, ...).
 - Nothing is created when the write is refused or fails: folders are made only for the write and
   removed again if it fails.
-- A server without a token (`writes_outputs_only`) allows the outputs folder only.
+- A server without a token (`Settings.writes_outputs_only`) allows the outputs folder only.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
 from nodes.base import NodeInputError
 
 
-def allowed_roots(settings: Any) -> list[Path]:
-    roots = [Path(settings.outputs_dir)]
-    if not getattr(settings, "writes_outputs_only", False):
-        roots += [Path(p) for p in getattr(settings, "allowed_write_dirs", ())]
-    return [root.expanduser().resolve() for root in roots]
-
-
-def target_folder(settings: Any, folder: str, default: str, field: str = "folder") -> Path:
-    """The resolved folder a node may write into; NodeInputError(field) names the rule it breaks."""
-    outputs = Path(settings.outputs_dir).expanduser()
+def target_folder(outputs_dir: Path, allowed_dirs: Sequence[Path], folder: str, default: str,
+                  field: str = "folder") -> Path:
+    """The resolved folder a node may write into; NodeInputError(field) names the rule it breaks.
+    allowed_dirs: the folders besides the outputs folder the settings allow (none on a tokenless server)."""
+    outputs = Path(outputs_dir).expanduser()
     wanted = Path(folder).expanduser() if folder else Path(default)
     resolved = (wanted if wanted.is_absolute() else outputs / wanted).resolve()
-    roots = allowed_roots(settings)
+    roots = [outputs.resolve(), *(Path(p).expanduser().resolve() for p in allowed_dirs)]
     if not any(resolved.is_relative_to(root) for root in roots):
-        extra = "" if getattr(settings, "writes_outputs_only", False) else \
-            " or a folder listed in the settings' allowed_write_dirs"
+        others = ", ".join(str(r) for r in roots[1:]) or "none; add folders to allowed_write_dirs in the settings"
         raise NodeInputError(field, f"{resolved} is outside the folders nodes may write to: the outputs folder "
-                                    f"{roots[0]}{extra}")
+                                    f"{roots[0]} and the allowed folders ({others})")
     if resolved.exists() and not resolved.is_dir():
         raise NodeInputError(field, f"{resolved} exists and is not a folder")
     return resolved

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
@@ -68,7 +68,7 @@ class NodeModels:
 class NodeContext:
     def __init__(self, *, session_id: str, node_id: str, index: Index, images: ImageStore, objects: ObjectStore,
                  models: Callable[[], ModelManager], outputs_dir: Path, graph: Callable[[], dict[str, Any] | None],
-                 report: ProgressReport, cancel: threading.Event) -> None:
+                 report: ProgressReport, cancel: threading.Event, allowed_write_dirs: Sequence[Path] = ()) -> None:
         self.session_id = session_id
         self.node_id = node_id
         self.index = index
@@ -76,6 +76,7 @@ class NodeContext:
         self._objects = objects
         self._models = models  # created on first use: only nodes that use models pay for the manager
         self._outputs_dir = outputs_dir
+        self._allowed_write_dirs = [Path(p) for p in allowed_write_dirs]
         self._graph = graph
         self._report = report
         self._cancel = cancel
@@ -95,6 +96,10 @@ class NodeContext:
     @property
     def outputs_dir(self) -> Path:
         return Path(self._outputs_dir)
+
+    @property
+    def allowed_write_dirs(self) -> list[Path]:
+        return list(self._allowed_write_dirs)
 
     def is_canceled(self) -> bool:
         return self._cancel.is_set()

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from nodes.base import BaseInvocation, CanceledError, NodeInputError
 
 from services.engine.cache import cache_key
-from services.logfile import log_path
+from services.logfile import failure_line
 from services.container import Services
 from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED, SESSION_COMPLETED, Event
 from services.executors.base import NodeCall, NodeFailedError
@@ -74,15 +74,6 @@ def mark_stale(services: Services, session: Session, *, reopened: bool = False) 
             for row in rows:
                 row.state = new_state
     return list(stale)
-
-
-def unexpected_failure(services: Services, node: GraphNode, exc: Exception) -> str:
-    """The one line a user sees when a node fails in a way it did not report as bad input: the node,
-    the error, and where the traceback is (the log file, never the screen)."""
-    log.warning("node %s (%s) failed", node.id, node.type, exc_info=exc)
-    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    where = log_path(services.settings.data_dir)
-    return f"node '{node.id}' ({node.type}): unexpected {type(exc).__name__}{': ' + text if text else ''} (traceback in {where})"
 
 
 class SessionRun:
@@ -199,13 +190,17 @@ class SessionRun:
         except NodeFailedError as exc:  # the message already names the node and says what happened
             return [NodeResult(node.id, FAILED, index, error=str(exc), seconds=time.perf_counter() - started)]
         except Exception as exc:  # a failing node marks itself failed; the worker goes on
-            return [NodeResult(node.id, FAILED, index, error=unexpected_failure(self.services, node, exc),
+            return [NodeResult(node.id, FAILED, index, error=self._unexpected(node, exc),
                                seconds=time.perf_counter() - started)]
         seconds = time.perf_counter() - started
         if key is not None:
             self.services.cache.put(key, outputs)
         return [NodeResult(node.id, COMPLETED, self._item_index(node, index, i), out, cache_key=key, seconds=seconds)
                 for i, out in enumerate(outputs)]
+
+    def _unexpected(self, node: GraphNode, exc: Exception) -> str:
+        log.warning("node %s (%s) failed", node.id, node.type, exc_info=exc)
+        return failure_line(node.id, node.type, exc, self.services.settings.data_dir)
 
     @staticmethod
     def _item_index(node: GraphNode, index: Index, item: int) -> Index:

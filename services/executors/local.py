@@ -21,7 +21,8 @@ class InProcessExecutor(Executor):
         services = self.services
         return NodeContext(session_id=call.session_id, node_id=call.node_id, index=call.index, images=services.images,
                            objects=services.objects, models=lambda: services.models,
-                           outputs_dir=services.settings.outputs_dir, graph=call.graph, report=report, cancel=cancel)
+                           outputs_dir=services.settings.outputs_dir, graph=call.graph, report=report, cancel=cancel,
+                           allowed_write_dirs=services.settings.write_dirs())
 
     def execute(self, call: NodeCall, report: ProgressReport, cancel: threading.Event) -> list[dict[str, Any]]:
         return invoke_node(call.invocation, self.context(call, report, cancel))

@@ -18,6 +18,7 @@ from PIL import Image
 
 from nodes.base import REGISTRY, CanceledError, NodeInputError
 from services.config import Settings
+from services.logfile import failure_line
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,8 @@ class WorkerState:
         except NodeInputError as exc:
             self.outbox.put({"op": "error", "id": request_id, "kind": "input", "field": exc.field, "message": str(exc)})
         except Exception as exc:  # the node failed: the app shows the message, its log keeps the traceback
-            self.outbox.put({"op": "error", "id": request_id, "kind": "failed", "message": f"{type(exc).__name__}: {exc}",
+            line = failure_line(message["node_id"], message["type"], exc, self.services.settings.data_dir)
+            self.outbox.put({"op": "error", "id": request_id, "kind": "failed", "message": line,
                              "traceback": traceback.format_exc()})
         else:
             self.outbox.put({"op": "done", "id": request_id, "outputs": outputs})
