@@ -209,6 +209,8 @@ class Invoker:
                     self._cond.notify_all()
             else:
                 running = True
+        if running:
+            self.services.executor.cancel(session_id)
         if dropped and not running:
             self.services.events.emit(Event(SESSION_CANCELED, session_id))
 

@@ -47,6 +47,10 @@ class Executor(ABC):
     def objects_exist(self, names: list[str]) -> bool:
         """Are these object-store values (latents, conditioning) still held where nodes run?"""
 
+    def cancel(self, session_id: str) -> None:
+        """The session's cancel flag was just set: an executor that checks it only now and then
+        passes it on at once."""
+
     def settings_changed(self) -> None:
         """The user changed settings (models folder, device, ...): pick them up before the next node."""
 

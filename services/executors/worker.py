@@ -151,6 +151,7 @@ class WorkerExecutor(Executor):
         self.local = local
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        self._waiting: dict[str, queue.SimpleQueue[dict[str, Any]]] = {}  # session id -> its running node's replies
         atexit.register(self.shutdown)  # before multiprocessing's own exit hook joins its children
 
     # --- the process ---------------------------------------------------------------------------
@@ -194,13 +195,20 @@ class WorkerExecutor(Executor):
         worker = self._ensure()
         what = f"node '{call.node_id}' ({cls.node_type})"
         request_id, replies = worker.open()
+        self._waiting[call.session_id] = replies
         try:
             worker.send({"op": "run", "id": request_id, "type": cls.node_type, "module": cls.__module__,
                          "values": call.invocation.model_dump(mode="json"), "session_id": call.session_id,
                          "node_id": call.node_id, "index": call.index})
             return self._wait(worker, request_id, replies, call, report, cancel, what)
         finally:
+            self._waiting.pop(call.session_id, None)
             worker.close_request(request_id)
+
+    def cancel(self, session_id: str) -> None:
+        waiting = self._waiting.get(session_id)
+        if waiting is not None:
+            waiting.put({"op": "cancel"})  # wakes the waiting run, which tells the worker
 
     def _wait(self, worker: _Worker, request_id: int, replies: queue.SimpleQueue[dict[str, Any]], call: NodeCall,
               report: ProgressReport, cancel: threading.Event, what: str) -> list[dict[str, Any]]:
@@ -219,8 +227,10 @@ class WorkerExecutor(Executor):
                     raise NodeFailedError(f"the AI worker gave no sign of progress for {hang_s:.0f} s while running "
                                           f"{what}, so it was stopped; the next run starts a new one") from None
                 continue
-            heard = time.monotonic()
             op = message["op"]
+            if op == "cancel":
+                continue  # the loop's top sends it on
+            heard = time.monotonic()
             if op == "progress":
                 report(message["step"], message["total"], message["message"], _decode(message.get("preview")))
             elif op == "graph":
