@@ -124,7 +124,6 @@ class Invoker:
     def save_settings(self) -> None:
         """Write the settings (OSError when they cannot be) and apply them to the next nodes."""
         self.services.settings.save()
-        self.services.reset_models()
         self.services.executor.settings_changed()
 
     @property
