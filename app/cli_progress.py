@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from nodes.base import PIN_TYPES
 from services.stores.images import ImageStore
 from services.engine.events import NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, Event
 from services.engine.session import Session
@@ -152,7 +153,8 @@ def output_images(images: ImageStore, session: Session, node_id: str, name: str,
     """Stored files of an output whose pin type is image or list[image] (`any` pins narrowed too)."""
     tag = session.graph.output_tag(node_id, name)
     refs = [value] if tag == "image" else value if tag == "list[image]" and isinstance(value, list) else []
-    return [images.path(ref["image_name"]) for ref in refs if isinstance(ref, dict) and ref.get("image_name")]
+    key = PIN_TYPES["image"].key
+    return [images.path(ref[key]) for ref in refs if isinstance(ref, dict) and ref.get(key)]
 
 
 def image_paths(images: ImageStore, session: Session, node_id: str, outputs: dict[str, Any]) -> list[Path]:

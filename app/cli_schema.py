@@ -15,7 +15,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodes.base import REGISTRY, BaseInvocation, Port, list_item_tag
+from nodes.base import PIN_TYPES, REGISTRY, BaseInvocation, Port, list_item_tag
 from nodes.core.untrusted import UntrustedInputError, load_json
 
 # Options every node command has, besides its inputs: (option, metavar, help)
@@ -28,9 +28,8 @@ COMMON_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 COMMON_NAMES = tuple(name for name, _, _ in COMMON_OPTIONS)
 
-# Reference pins travel as {"<tag>_name": ...} objects (ImageField, LatentsField, ...); on the
-# command line the bare name is enough.
-REFERENCE_TAGS = frozenset({"image", "latents", "conditioning"})
+# Reference pins travel as small objects (nodes.base.PIN_TYPES); on the command line the bare
+# name (an image name, a model id) is enough.
 _NONE_WORDS = frozenset({"none", "null"})
 
 
@@ -72,8 +71,8 @@ def parse_value(port: Port, text: str) -> Any:
     if port.default is None and not port.required and text.lower() in _NONE_WORDS:
         return None
     stripped = text.strip()
-    if port.tag in REFERENCE_TAGS:
-        return _json(stripped) if stripped.startswith("{") else {f"{port.tag}_name": stripped}
+    if port.tag in PIN_TYPES:
+        return _json(stripped) if stripped.startswith("{") else {PIN_TYPES[port.tag].key: stripped}
     if list_item_tag(port.tag) is not None:
         if stripped.startswith("["):
             return _json(stripped)
@@ -206,8 +205,8 @@ def last_segment(line: str) -> str:
 # Help text
 
 _METAVARS = {"int": "INT", "float": "NUMBER", "bool": "[BOOL]", "str": "TEXT", "prompt": "TEXT", "path": "PATH",
-             "model": "MODEL", "seed": "SEED", "image": "IMAGE_NAME", "latents": "LATENTS_NAME",
-             "conditioning": "CONDITIONING_NAME", "any": "VALUE"}
+             "model": "MODEL", "seed": "SEED", "any": "VALUE",
+             **{tag: pin.key.upper() if pin.key != "model_id" else "MODEL" for tag, pin in PIN_TYPES.items()}}
 
 
 def metavar(port: Port) -> str:
@@ -239,7 +238,7 @@ def option_details(port: Port) -> str:
         parts.append(f"{port.model_kind} model id")
     if port.collect:
         parts.append("takes many links")
-    if port.tag in REFERENCE_TAGS or list_item_tag(port.tag) in REFERENCE_TAGS:
+    if port.tag in PIN_TYPES or list_item_tag(port.tag) in PIN_TYPES:
         parts.append("usually linked")
     return ", ".join(parts)
 

@@ -44,7 +44,9 @@ class NodeDefinitionError(TypeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Reference types: what travels along links that is not a plain value.
+# Reference types: what travels along links that is not a plain value.  Each is a small JSON
+# object; PIN_TYPES below is the one table that execution, the container, the CLI and the
+# canvas read to know how a pin's value is named, where it lives and how it is drawn.
 
 
 class ImageField(BaseModel):
@@ -55,7 +57,7 @@ class ImageField(BaseModel):
 
 
 class LatentsField(BaseModel):
-    """A reference to a latents tensor held by the object store."""
+    """A reference to a latents tensor held by the object store (where the node that made it runs)."""
 
     type_tag: ClassVar[str] = "latents"
     latents_name: str
@@ -66,6 +68,64 @@ class ConditioningField(BaseModel):
 
     type_tag: ClassVar[str] = "conditioning"
     conditioning_name: str
+
+
+class LoRARef(BaseModel):
+    """One LoRA of a stack: its model id and how strongly it applies."""
+
+    model_id: str
+    weight: float = 1.0
+
+
+class UNetField(BaseModel):
+    """A main model's denoiser with the LoRAs applied to it while it runs (its base weights are never changed)."""
+
+    type_tag: ClassVar[str] = "unet"
+    model_id: str
+    loras: list[LoRARef] = Field(default_factory=list)
+
+
+class ClipField(BaseModel):
+    """A main model's text encoder(s), with LoRAs and how many final layers to skip."""
+
+    type_tag: ClassVar[str] = "clip"
+    model_id: str
+    loras: list[LoRARef] = Field(default_factory=list)
+    skip: int = 0
+
+
+class VAEField(BaseModel):
+    """A VAE: a main model's own (a main model id) or a separate one (a vae model id)."""
+
+    type_tag: ClassVar[str] = "vae"
+    model_id: str
+
+
+@dataclass(frozen=True)
+class PinType:
+    """A reference pin type.  key: the field a bare text fills (the CLI's `--image NAME`);
+    store: where the value it names is held ("images", "objects"), None for a model description
+    that names nothing stored; colour: the canvas's pin and link colour."""
+
+    field: type[BaseModel]
+    key: str
+    store: str | None
+    colour: tuple[int, int, int]
+
+    @property
+    def tag(self) -> str:
+        return self.field.type_tag  # type: ignore[attr-defined]
+
+
+PIN_TYPES: dict[str, PinType] = {p.tag: p for p in (
+    PinType(ImageField, "image_name", "images", (197, 134, 192)),
+    PinType(LatentsField, "latents_name", "objects", (230, 190, 70)),
+    PinType(ConditioningField, "conditioning_name", "objects", (120, 200, 90)),
+    PinType(UNetField, "model_id", None, (110, 150, 240)),
+    PinType(ClipField, "model_id", None, (240, 210, 110)),
+    PinType(VAEField, "model_id", None, (235, 100, 100)),
+)}
+STORED_TAGS = frozenset(tag for tag, pin in PIN_TYPES.items() if pin.store is not None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class ObjectsContext(Protocol):
 
 class ModelInfoLike(Protocol):
     id: str
+    name: str
     kind: str
     base: str | None
     variant: str
@@ -46,6 +47,9 @@ class ModelsContext(Protocol):
 
     def use(self, *model_ids: str) -> AbstractContextManager[list[Any]]:
         """The loaded models, kept loaded (not evicted) while the block runs."""
+
+    def list(self, kind: str | None = None) -> list[ModelInfoLike]:
+        """The models found of one kind (all kinds when None)."""
 
     def face_detector(self, name: str) -> Any:
         """A loaded face detector; KeyError says where its weights go when they are missing."""

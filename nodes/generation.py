@@ -10,11 +10,14 @@ from typing import Any, ClassVar, Literal
 
 from .base import BaseInvocation, ImageField, InputField, NodeInputError, SeedField, with_article
 from .context import InvocationContext
+from .latents import LATENT_CELL, SamplerName
 from .outputs import ImageOutput
+from .prompts import check_syntax
 
-# Must match nodes.core.diffusion.SCHEDULERS (a test checks it).
-SchedulerName = Literal["ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"]
-SIZE_STEP = 8  # pixels per latent cell
+# The samplers of denoise_latents, and the one name older graphs use for a sampler + schedule
+# (nodes.core.diffusion.SAMPLER_ALIASES; a test checks they agree).
+SchedulerName = Literal[SamplerName, "dpmpp_2m_karras"]
+SIZE_STEP = LATENT_CELL
 
 
 class DiffusionInvocation(BaseInvocation):
@@ -47,8 +50,12 @@ class DiffusionInvocation(BaseInvocation):
             raise NodeInputError(field, str(exc)) from None
 
     def _generate(self, context: InvocationContext, request: Any, inpaint: bool = False) -> ImageOutput:
+        from .core import pins
         from .core.diffusion import Generator
+        from .core.prompt_syntax import PromptSyntaxError
 
+        check_syntax("prompt", self.prompt)
+        check_syntax("negative_prompt", self.negative_prompt)
         info = self._model_info(context, "model", "main")
         if info.variant == "inpaint" and not inpaint:
             raise NodeInputError("model", f"'{info.id}' is an inpainting model: use it in the inpaint node")
@@ -60,9 +67,13 @@ class DiffusionInvocation(BaseInvocation):
             except ValueError as exc:  # the file is listed but cannot be loaded: the reason names it
                 failed = getattr(exc, "model_id", info.id)
                 raise NodeInputError("model" if failed == info.id else "vae", str(exc)) from None
+            embeddings = stack.enter_context(pins.embeddings(context))
             generator = Generator(loaded[0], info.base, vae=loaded[1] if self.vae else None,
-                                  compile_mode=models.compile_mode, cache_dir=models.cache_dir)
-            images = generator.run(request, lambda step, total, preview: context.progress(step, total, "denoising", preview))
+                                  compile_mode=models.compile_mode, cache_dir=models.cache_dir, embeddings=embeddings)
+            try:
+                images = generator.run(request, lambda step, total, preview: context.progress(step, total, "denoising", preview))
+            except PromptSyntaxError as exc:
+                raise NodeInputError(exc.field, str(exc)) from None
         return ImageOutput.of(context.images.save(images[0]), images[0])
 
     def _check_strength(self, strength: float) -> None:

@@ -5,6 +5,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from nodes.base import PIN_TYPES
 from services.engine.cache import MemoryOutputCache, OutputCache
 from services.executors.base import Executor
 from services.config import Settings
@@ -89,8 +90,10 @@ class Services:
             value = outputs.get(name)
             if not isinstance(value, dict):
                 continue
-            if tag == "image" and not self.images.exists(value.get("image_name", "")):
+            pin = PIN_TYPES[tag]
+            name = value.get(pin.key, "")
+            if pin.store == "images" and not self.images.exists(name):
                 return False
-            if tag in ("latents", "conditioning") and not self.executor.objects_exist([value.get(f"{tag}_name", "")]):
+            if pin.store == "objects" and not self.executor.objects_exist([name]):
                 return False
         return True

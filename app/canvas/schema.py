@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nodes.base import RANDOM_SEED, SEED_MAX, Port, list_item_tag
+from nodes.base import PIN_TYPES, RANDOM_SEED, SEED_MAX, Port, list_item_tag
 
 RGB = tuple[int, int, int]
 
@@ -18,10 +18,8 @@ TAG_COLOURS: dict[str, RGB] = {
     "float": (78, 201, 176),
     "bool": (220, 120, 120),
     "str": (206, 145, 120),
-    "image": (197, 134, 192),
-    "latents": (230, 190, 70),
-    "conditioning": (120, 200, 90),
     "any": (170, 170, 170),
+    **{tag: pin.colour for tag, pin in PIN_TYPES.items()},
 }
 
 

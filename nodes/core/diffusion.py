@@ -19,17 +19,36 @@ import numpy as np
 import torch
 from PIL import Image
 
-# node scheduler name -> (diffusers class, config overrides)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+# sampler name (ComfyUI's) -> (diffusers scheduler class, config overrides).  diffusers has no
+# ancestral singlestep DPM++ nor a Brownian-tree SDE sampler without torchsde: dpmpp_2s_a is its
+# singlestep DPM++ 2S and dpmpp_sde its singlestep SDE-DPM++ (README: Samplers).
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_2s_a": ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_sde": ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler",
-                        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
 }
+# schedule -> the config option that selects it (None: the sampler's own spacing of timesteps)
+SCHEDULES: dict[str, tuple[str, Any] | None] = {
+    "normal": None,
+    "karras": ("use_karras_sigmas", True),
+    "exponential": ("use_exponential_sigmas", True),
+    "sgm_uniform": ("timestep_spacing", "trailing"),
+}
+# names the txt2img/img2img/inpaint nodes accept beyond SAMPLERS (graphs saved before schedules existed)
+SAMPLER_ALIASES = {"dpmpp_2m_karras": ("dpmpp_2m", "karras")}
 
 # A fixed linear map from the 4 latent channels to RGB per latent space (fitted by the
 # community on real images; ComfyUI and InvokeAI use the same numbers) for step previews.
@@ -111,14 +130,36 @@ def _tune_for_cuda(unet: Any) -> None:
     unet.__dict__["_invoke_nodes_tuned"] = True
 
 
-def make_scheduler(pipe: Any, name: str) -> Any:
+def supports_schedule(sampler: str, schedule: str) -> bool:
     import diffusers
 
-    class_name, overrides = SCHEDULERS[name]
-    config = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
-    if class_name != "DPMSolverMultistepScheduler":
-        config.pop("use_karras_sigmas", None)
-    return getattr(diffusers, class_name).from_config({**config, **overrides})
+    option = SCHEDULES[schedule]
+    if option is None:
+        return True
+    parameters = inspect.signature(getattr(diffusers, SAMPLERS[sampler][0]).__init__).parameters
+    return option[0] in parameters
+
+
+def make_scheduler(config: Any, sampler: str, schedule: str = "normal") -> Any:
+    """A fresh scheduler for the model's training config (a pipeline's scheduler.config)."""
+    import diffusers
+
+    sampler, schedule = SAMPLER_ALIASES.get(sampler, (sampler, schedule))
+    class_name, overrides = SAMPLERS[sampler]
+    if not supports_schedule(sampler, schedule):
+        raise ValueError(f"sampler '{sampler}' has no '{schedule}' schedule")
+    settings = {k: v for k, v in config.items() if not k.startswith("_")}
+    for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+        settings.pop(key, None)  # the schedule decides, not what the model folder happens to say
+    option = SCHEDULES[schedule]
+    if option is not None:
+        settings[option[0]] = option[1]
+    return getattr(diffusers, class_name).from_config({**settings, **overrides})
+
+
+def make_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Starting noise drawn on the CPU in float32: the same seed gives the same noise on every device."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
 def preview_image(latents: torch.Tensor, base: str) -> Image.Image:
@@ -130,125 +171,204 @@ def preview_image(latents: torch.Tensor, base: str) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-class Generator:
-    """One generation over a loaded pipeline (and optional VAE override) on its device."""
+@dataclass
+class DenoiseRequest:
+    positive: dict[str, Any]  # conditioning (nodes/core/conditioning.py)
+    negative: dict[str, Any]
+    latents: torch.Tensor  # [batch, 4, h, w]: the size and, when denoising starts later or under a mask, the source
+    seed: int = 0  # noise (when `noise` is None) and every ancestral sampler's step noise
+    noise: torch.Tensor | None = None
+    steps: int = 30
+    cfg_scale: float = 7.5
+    sampler: str = "euler"
+    schedule: str = "normal"
+    start: float = 0.0  # fraction of the schedule already done (img2img strength is 1 - start)
+    end: float = 1.0  # stop here, leaving the rest of the noise in (for a refiner pass)
+    add_noise: bool = True  # False: the latents are already noisy (they continue a pass that stopped early)
+    keep_mask: torch.Tensor | None = None  # latent-sized, 1 where the source latents are kept (plain-UNet inpaint)
+    extra_channels: torch.Tensor | None = None  # inpainting UNets: mask + masked-image latents
 
-    def __init__(self, pipe: Any, base: str, vae: Any = None, compile_mode: str = "off", cache_dir: Path | None = None) -> None:
+
+def step_range(steps: int, start: float, end: float) -> tuple[int, int]:
+    """(first, last) step of `steps` that a pass from `start` to `end` runs."""
+    first = steps - int(steps * (1 - start) + 1e-6)
+    last = int(steps * end + 1e-6)
+    return first, last
+
+
+def denoise(unet: Any, base: str, scheduler_config: Any, request: DenoiseRequest, on_step: StepCallback,
+            compile_mode: str = "off", cache_dir: Path | None = None) -> torch.Tensor:
+    """The denoising loop: txt2img, img2img, inpaint, hires-fix and refiner passes are all this."""
+    with torch.inference_mode():
+        return _denoise(unet, base, scheduler_config, request, on_step, compile_mode, cache_dir)
+
+
+def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_step: StepCallback,
+             compile_mode: str, cache_dir: Path | None) -> torch.Tensor:
+    from .conditioning import guidance_pair
+
+    device, dtype = unet.device, unet.dtype
+    denoiser = denoiser_for(unet, compile_mode, cache_dir)
+    source = r.latents.to(device, dtype)
+    batch = source.shape[0]
+    guided = r.cfg_scale > 1.0
+    guidance = torch.tensor(r.cfg_scale, dtype=dtype, device=device) if guided else None
+    positive, negative = guidance_pair(r.positive, r.negative) if guided else (r.positive["embeds"], None)
+    rows = [positive.to(device, dtype).expand(batch, -1, -1)]
+    if guided:
+        rows.insert(0, negative.to(device, dtype).expand(batch, -1, -1))
+    embeds = torch.cat(rows)
+    text_embeds = time_ids = None
+    if base == "sdxl":
+        pooled = [c["pooled"].to(device, dtype).expand(batch, -1) for c in ((r.negative, r.positive) if guided else (r.positive,))]
+        text_embeds = torch.cat(pooled)
+        height, width = source.shape[2] * 8, source.shape[3] * 8
+        size = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device)  # original, crop, target
+        time_ids = size.repeat(text_embeds.shape[0], 1)
+
+    scheduler = make_scheduler(scheduler_config, r.sampler, r.schedule)
+    scheduler.set_timesteps(r.steps, device=device)
+    first, last = step_range(r.steps, r.start, r.end)
+    if last <= first:
+        raise ValueError(f"denoising from {r.start} to {r.end} of {r.steps} steps runs no step")
+    order = scheduler.order
+    timesteps = scheduler.timesteps[first * order:last * order]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(first * order)
+    noise = (r.noise if r.noise is not None else make_noise(r.seed, tuple(source.shape))).to(device, dtype)
+    if noise.shape != source.shape:
+        raise ValueError(f"noise is {tuple(noise.shape)}, latents are {tuple(source.shape)}")
+    if not r.add_noise:
+        latents = source
+    elif first == 0:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(source, noise, timesteps[:1].repeat(batch))
+
+    keep_mask = r.keep_mask.to(device, dtype) if r.keep_mask is not None else None
+    extra = r.extra_channels.to(device, dtype) if r.extra_channels is not None else None
+    # ancestral samplers draw noise every step: from a generator seeded with the seed, for reproducibility
+    step_noise = {"generator": torch.Generator("cpu").manual_seed(r.seed)} \
+        if "generator" in inspect.signature(scheduler.step).parameters else {}
+    total = len(timesteps)
+    for index, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(latents, t)
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        noise_pred = denoiser(model_input, t, embeds, guidance, extra, text_embeds, time_ids)
+        step = scheduler.step(noise_pred, t, latents, return_dict=True, **step_noise)
+        latents = step.prev_sample.to(dtype)
+        if keep_mask is not None:  # a plain UNet inpaints by re-imposing the (re-noised) source outside the mask
+            known = source if index + 1 == total else scheduler.add_noise(source, noise, timesteps[index + 1:index + 2])
+            latents = keep_mask * known + (1 - keep_mask) * latents
+        estimate = getattr(step, "pred_original_sample", None)
+        on_step(index + 1, total, preview_image(estimate if estimate is not None else latents, base))
+    return latents
+
+
+# --------------------------------------------------------------------------------------------
+# VAE
+
+
+def _vae_dtype(vae: Any, dtype: torch.dtype) -> torch.dtype:
+    # SDXL's VAE overflows in float16 (its config says force_upcast)
+    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        return torch.float32
+    return dtype
+
+
+def vae_scale(vae: Any) -> int:
+    """Pixels per latent cell."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.inference_mode()
+def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB pixels [b, 3, h, w] -> scaled latents (the distribution's mode: no sampling noise)."""
+    dtype = vae.dtype
+    work = _vae_dtype(vae, dtype)
+    vae.to(work)
+    try:
+        latents = vae.encode((pixels.to(vae.device) * 2 - 1).to(work)).latent_dist.mode()
+    finally:
+        vae.to(dtype)
+    return (latents * vae.config.scaling_factor).to(dtype)
+
+
+@torch.inference_mode()
+def decode_latents(vae: Any, latents: torch.Tensor, tiled: bool = False) -> list[Image.Image]:
+    """Scaled latents -> RGB images; tiled decodes in overlapping tiles (diffusers' tiled_decode) to bound memory."""
+    dtype = vae.dtype
+    work = _vae_dtype(vae, dtype)
+    vae.to(work)
+    try:
+        scaled = (latents.to(vae.device) / vae.config.scaling_factor).to(work)
+        pixels = (vae.tiled_decode if tiled else vae.decode)(scaled, return_dict=False)[0]
+    finally:
+        vae.to(dtype)
+    array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a, "RGB") for a in array]
+
+
+def image_to_tensor(image: Image.Image, size: tuple[int, int] | None = None, mode: str = "RGB") -> torch.Tensor:
+    """A PIL image as a [1, c, h, w] float tensor in [0, 1] (resized to `size` first, if given)."""
+    image = image.convert(mode)
+    if size is not None and image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS if mode == "RGB" else Image.Resampling.NEAREST)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.reshape(image.height, image.width, -1)).permute(2, 0, 1)[None]
+
+
+# --------------------------------------------------------------------------------------------
+# The convenience nodes' whole generation, on the same pieces as the graph nodes
+
+
+class Generator:
+    """One txt2img / img2img / inpaint generation over a loaded pipeline (and optional VAE override)."""
+
+    def __init__(self, pipe: Any, base: str, vae: Any = None, compile_mode: str = "off", cache_dir: Path | None = None,
+                 embeddings: Callable[[str], Any] | None = None) -> None:
         self.pipe = pipe
+        self.embeddings = embeddings
         self.base = base
         self.vae = vae if vae is not None else pipe.vae
         self.unet = pipe.unet
-        self.device = self.unet.device
-        self.dtype = self.unet.dtype
-        self.denoiser = denoiser_for(self.unet, compile_mode, cache_dir)
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.compile_mode = compile_mode
+        self.cache_dir = cache_dir
         self.inpaint_unet = self.unet.config.in_channels == 9
 
-    # --- pieces --------------------------------------------------------------------------
-
-    def _encode_prompt(self, request: GenerationRequest, guided: bool) -> dict[str, torch.Tensor]:
-        if self.base == "sdxl":
-            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-                prompt=request.prompt, device=self.device, num_images_per_prompt=request.batch_size,
-                do_classifier_free_guidance=guided, negative_prompt=request.negative_prompt or None)
-            size = [request.height, request.width, 0, 0, request.height, request.width]  # original, crop, target
-            time_ids = torch.tensor([size], dtype=pos.dtype, device=self.device).repeat(request.batch_size, 1)
-            if guided:
-                return {"embeds": torch.cat([neg, pos]), "text_embeds": torch.cat([neg_pooled, pooled]),
-                        "time_ids": torch.cat([time_ids, time_ids])}
-            return {"embeds": pos, "text_embeds": pooled, "time_ids": time_ids}
-        pos, neg = self.pipe.encode_prompt(request.prompt, self.device, request.batch_size, guided,
-                                           negative_prompt=request.negative_prompt)
-        return {"embeds": torch.cat([neg, pos]) if guided else pos}
-
-    def _to_tensor(self, image: Image.Image, size: tuple[int, int], mode: str = "RGB") -> torch.Tensor:
-        image = image.convert(mode).resize(size, Image.Resampling.LANCZOS if mode == "RGB" else Image.Resampling.NEAREST)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array.reshape(image.height, image.width, -1)).permute(2, 0, 1)[None]
-        return tensor.to(self.device)
-
-    def _vae_dtype(self) -> torch.dtype:
-        # SDXL's VAE overflows in float16 (its config says force_upcast)
-        if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
-            return torch.float32
-        return self.dtype
-
-    def encode_image(self, image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-        return self._encode_pixels(self._to_tensor(image, size))
-
-    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[0, 1] RGB pixels -> scaled latents (the distribution's mode: no sampling noise)."""
-        vae_dtype = self._vae_dtype()
-        vae = self.vae.to(vae_dtype)
-        latents = vae.encode((pixels * 2 - 1).to(vae_dtype)).latent_dist.mode()
-        self.vae.to(self.dtype)
-        return (latents * self.vae.config.scaling_factor).to(self.dtype)
-
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae_dtype = self._vae_dtype()
-        vae = self.vae.to(vae_dtype)
-        pixels = vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype), return_dict=False)[0]
-        self.vae.to(self.dtype)
-        array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a, "RGB") for a in array]
-
-    # --- the loop ------------------------------------------------------------------------
-
-    @torch.inference_mode()
     def run(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        from .conditioning import PromptEncoder
+
         size = (request.width, request.height)
-        latent_shape = (request.batch_size, 4, request.height // self.vae_scale, request.width // self.vae_scale)
-        guided = request.cfg_scale > 1.0
-        guidance = torch.tensor(request.cfg_scale, dtype=self.dtype, device=self.device) if guided else None
-        conditioning = self._encode_prompt(request, guided)
+        scale = vae_scale(self.vae)
+        shape = (request.batch_size, 4, request.height // scale, request.width // scale)
+        from .prompt_syntax import PromptSyntaxError
 
-        scheduler = make_scheduler(self.pipe, request.scheduler)
-        scheduler.set_timesteps(request.steps, device=self.device)
-        timesteps = scheduler.timesteps
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
-
-        source = None
+        encoder = PromptEncoder(self.pipe, self.base, embeddings=self.embeddings)
+        positive = encoder.encode(request.prompt)
+        try:
+            negative = encoder.encode(request.negative_prompt)
+        except PromptSyntaxError as exc:
+            exc.field = "negative_prompt"
+            raise
+        latents = torch.zeros(shape)
+        keep_mask = extra = None
         if request.init_image is not None:
-            source = self.encode_image(request.init_image, size).repeat(request.batch_size, 1, 1, 1)
-        if source is not None and request.strength < 1.0:
-            keep = int(request.steps * request.strength)
-            start = (request.steps - keep) * scheduler.order
-            timesteps = timesteps[start:]
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(start)
-            if len(timesteps) == 0:
-                raise ValueError(f"strength {request.strength} with {request.steps} steps leaves no step to run")
-            latents = scheduler.add_noise(source, noise, timesteps[:1].repeat(request.batch_size))
-        else:
-            latents = noise * scheduler.init_noise_sigma
-
-        keep_mask = extra_channels = None
-        if request.mask is not None and source is not None:
-            latent_size = (latent_shape[3], latent_shape[2])
-            repaint = (self._to_tensor(request.mask, latent_size, "L") > 0.5).to(self.dtype)
-            if self.inpaint_unet:
-                pixel_mask = (self._to_tensor(request.mask, size, "L") > 0.5).float()
-                pixels = self._to_tensor(request.init_image, size)
-                masked = self._encode_pixels(pixels * (1 - pixel_mask) + 0.5 * pixel_mask)  # grey where repainted
-                extra_channels = torch.cat([repaint, masked], dim=1).repeat(request.batch_size, 1, 1, 1)
-            else:
-                keep_mask = 1 - repaint
-
-        # ancestral samplers draw noise every step: from the seeded generator, for reproducibility
-        step_noise = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        total = len(timesteps)
-        for index, t in enumerate(timesteps):
-            model_input = scheduler.scale_model_input(latents, t)
-            if self.device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
-            noise_pred = self.denoiser(model_input, t, conditioning["embeds"], guidance, extra_channels,
-                                       conditioning.get("text_embeds"), conditioning.get("time_ids"))
-            step = scheduler.step(noise_pred, t, latents, return_dict=True, **step_noise)
-            latents = step.prev_sample.to(self.dtype)
-            if keep_mask is not None:  # a plain UNet inpaints by re-imposing the (re-noised) source outside the mask
-                known = source if index + 1 == total else scheduler.add_noise(source, noise, timesteps[index + 1:index + 2])
-                latents = keep_mask * known + (1 - keep_mask) * latents
-            estimate = getattr(step, "pred_original_sample", None)
-            on_step(index + 1, total, preview_image(estimate if estimate is not None else latents, self.base))
-        return self.decode(latents)
+            pixels = image_to_tensor(request.init_image, size)
+            latents = encode_pixels(self.vae, pixels).repeat(request.batch_size, 1, 1, 1)
+            if request.mask is not None:
+                repaint = (image_to_tensor(request.mask, (shape[3], shape[2]), "L") > 0.5).float()
+                if self.inpaint_unet:
+                    pixel_mask = (image_to_tensor(request.mask, size, "L") > 0.5).float()
+                    masked = encode_pixels(self.vae, pixels * (1 - pixel_mask) + 0.5 * pixel_mask)  # grey where repainted
+                    extra = torch.cat([repaint.to(masked.device, masked.dtype), masked], dim=1).repeat(request.batch_size, 1, 1, 1)
+                else:
+                    keep_mask = 1 - repaint
+        start = 1.0 - request.strength if request.init_image is not None else 0.0
+        denoise_request = DenoiseRequest(positive=positive, negative=negative, latents=latents, seed=request.seed,
+                                         steps=request.steps, cfg_scale=request.cfg_scale, sampler=request.scheduler,
+                                         start=start, keep_mask=keep_mask, extra_channels=extra)
+        result = denoise(self.unet, self.base, self.pipe.scheduler.config, denoise_request, on_step,
+                         self.compile_mode, self.cache_dir)
+        return decode_latents(self.vae, result)

@@ -53,6 +53,9 @@ class NodeModels:
     def use(self, *model_ids: str) -> AbstractContextManager[list[Any]]:
         return self._manager.use(*model_ids)
 
+    def list(self, kind: str | None = None) -> list[ModelInfo]:
+        return self._manager.list(kind)
+
     def face_detector(self, name: str) -> Any:
         return self._manager.face_detector(name)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodes.base import BaseInvocation, CanceledError, NodeInputError
+from nodes.base import STORED_TAGS, BaseInvocation, CanceledError, NodeInputError
 
 from services.engine.cache import cache_key
 from services.logfile import failure_line
@@ -32,13 +32,12 @@ from services.engine.session import (CACHED, CANCELED, COMPLETED, DONE_STATES, F
 log = logging.getLogger(__name__)
 
 Index = tuple[tuple[str, int], ...]
-_REFERENCE_TAGS = frozenset({"image", "latents", "conditioning"})
 
 
 @functools.cache
 def _reference_outputs(cls: type[BaseInvocation]) -> dict[str, str]:
     """Outputs that name stored images/objects: a cached value is only good while they exist."""
-    return {name: port.tag for name, port in cls.outputs().items() if port.tag in _REFERENCE_TAGS}
+    return {name: port.tag for name, port in cls.outputs().items() if port.tag in STORED_TAGS}
 
 
 def outputs_alive(services: Services, cls: type[BaseInvocation], outputs: dict[str, Any]) -> bool:

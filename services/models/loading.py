@@ -37,6 +37,10 @@ def load_from_disk(info: Any, dtype_name: str, cache_dir: Path, device: str = "c
     """
     dtype = getattr(torch, dtype_name)
     path = Path(info.path)
+    if info.kind in ("lora", "embedding"):
+        from services.models.adapters import read_embedding, read_lora
+
+        return read_lora(path) if info.kind == "lora" else read_embedding(path)  # on the CPU; the cache moves them
     if info.kind in ("upscaler", "face_restore"):
         from services.models.restoration_files import load_restoration_model
 
@@ -94,6 +98,8 @@ def _modules(model: Any) -> list[torch.nn.Module]:
 
 
 def model_bytes(model: Any) -> int:
+    if hasattr(model, "nbytes"):  # LoRA weights, embeddings
+        return int(model.nbytes())
     return sum(t.numel() * t.element_size() for m in _modules(model) for t in (*m.parameters(), *m.buffers()))
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from services.config import Settings
+from services.models.adapters import EMBEDDINGS_FOLDER
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("main", "vae", "upscaler", "face_restore")
+MODEL_KINDS = ("main", "vae", "lora", "embedding", "upscaler", "face_restore")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 SIDECAR_SUFFIX = ".config"  # "<file stem>.config/": a diffusers config folder for a non-standard single file
 # Files that sit beside models and are not models themselves: never reported.
@@ -51,7 +52,7 @@ class ModelLoadError(ValueError):
 class ModelInfo:
     id: str
     name: str
-    kind: str  # main | vae | upscaler | face_restore
+    kind: str  # one of MODEL_KINDS
     base: str | None  # sd1 | sd2 | sdxl for main models; None where it does not apply
     format: str  # diffusers | safetensors | ckpt | pth
     path: str
@@ -178,6 +179,10 @@ def _probe_file(path: Path) -> _Found:
 
     fmt = "safetensors" if path.suffix.lower() == ".safetensors" else ("ckpt" if path.suffix.lower() == ".ckpt" else "pth")
     shapes = read_shapes(path)
+    from services.models.adapters import is_lora, lora_base
+
+    if is_lora(shapes):
+        return _Found(path.parent, path, "lora", lora_base(shapes), fmt, path.stat().st_size)
     info = classify_sd_checkpoint(shapes)
     size = path.stat().st_size
     if info is not None:
@@ -281,6 +286,17 @@ def _reason(exc: Exception) -> str:
         return str(exc)
     detail = f"missing entry {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
     return f"not a model this app recognises (unexpected contents: {detail})"
+
+
+def _probe_embedding(path: Path) -> _Found:
+    """A file under <models>/embeddings/ (small: read whole to check it holds embedding vectors)."""
+    from services.models.adapters import read_embedding
+
+    embedding = read_embedding(path)
+    widths = {v.shape[-1] for v in embedding.vectors.values()}
+    base = "sdxl" if "clip_g" in embedding.vectors else {768: "sd1", 1024: "sd2"}.get(widths.pop())
+    fmt = path.suffix.lower().lstrip(".")
+    return _Found(path.parent, path, "embedding", base, fmt, path.stat().st_size)
 
 
 def _probe_component_folder(folder: Path) -> _Found:
@@ -491,7 +507,8 @@ class LocalModelManager(ModelManager):
                 elif form == "component":
                     result = self._probes.probe(path, path / "config.json", _probe_component_folder)
                 elif path.suffix.lower() in WEIGHT_SUFFIXES:
-                    result = self._probes.probe(path, path, _probe_file)
+                    in_embeddings = path.relative_to(root).parts[0] == EMBEDDINGS_FOLDER
+                    result = self._probes.probe(path, path, _probe_embedding if in_embeddings else _probe_file)
                 elif path.suffix.lower() in _IGNORED_SUFFIXES:
                     continue
                 else:

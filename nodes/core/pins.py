@@ -1,0 +1,73 @@
+"""From model pins (UNetField, ClipField, VAEField) to loaded modules, with their LoRAs applied
+while the block runs.  Errors name the node's field they came through."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from ..base import ClipField, NodeInputError, UNetField, VAEField
+from .lora import LoRAMismatchError, applied
+
+
+def model_info(context: Any, field: str, model_id: str, kind: str) -> Any:
+    try:
+        return context.models.get(model_id, kind=kind)
+    except KeyError as exc:
+        raise NodeInputError(field, str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+@contextlib.contextmanager
+def _with_loras(context: Any, field: str, model_id: str, loras: list[Any], parts: Any) -> Iterator[tuple[Any, Any]]:
+    info = model_info(context, field, model_id, "main")
+    lora_ids = [model_info(context, field, lora.model_id, "lora").id for lora in loras]
+    with context.models.use(info.id, *lora_ids) as loaded:
+        pipe = loaded[0]
+        stack = [(weights, lora.weight) for weights, lora in zip(loaded[1:], loras)]
+        try:
+            with applied(parts(pipe), stack, lora_ids):
+                yield pipe, info
+        except LoRAMismatchError as exc:
+            raise NodeInputError(field, str(exc)) from None
+
+
+def unet(context: Any, pin: UNetField, field: str = "unet") -> contextlib.AbstractContextManager[tuple[Any, Any]]:
+    """(pipeline, model info) with the pin's LoRAs added to the UNet for the block."""
+    return _with_loras(context, field, pin.model_id, pin.loras, lambda pipe: {"unet": pipe.unet})
+
+
+def clip(context: Any, pin: ClipField, field: str = "clip") -> contextlib.AbstractContextManager[tuple[Any, Any]]:
+    """(pipeline, model info) with the pin's LoRAs added to the text encoder(s) for the block."""
+    def parts(pipe: Any) -> dict[str, Any]:
+        encoders = {"text_encoder": pipe.text_encoder}
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            encoders["text_encoder_2"] = pipe.text_encoder_2
+        return encoders
+
+    return _with_loras(context, field, pin.model_id, pin.loras, parts)
+
+
+@contextlib.contextmanager
+def vae(context: Any, pin: VAEField, field: str = "vae") -> Iterator[Any]:
+    """The AutoencoderKL of a VAE pin (a main model's own, or a separate VAE)."""
+    info = model_info(context, field, pin.model_id, None)  # type: ignore[arg-type]
+    if info.kind not in ("main", "vae"):
+        raise NodeInputError(field, f"'{pin.model_id}' is a {info.kind} model, not a main model or a VAE")
+    with context.models.use(info.id) as (loaded,):
+        yield loaded.vae if info.kind == "main" else loaded
+
+
+@contextlib.contextmanager
+def embeddings(context: Any) -> Iterator[Any]:
+    """name -> loaded embedding, for PromptEncoder; embeddings used stay loaded until the block ends."""
+    with contextlib.ExitStack() as stack:
+        found: dict[str, Any] = {}
+
+        def lookup(name: str) -> Any:
+            if name not in found:
+                known = {info.name: info.id for info in context.models.list("embedding")}
+                if name not in known:
+                    raise KeyError(f"no embedding '{name}' in <models>/embeddings/ (known: {', '.join(sorted(known)) or 'none'})")
+                (found[name],) = stack.enter_context(context.models.use(known[name]))
+            return found[name]
+
+        yield lookup
