@@ -92,9 +92,9 @@ def applied(components: dict[str, torch.nn.Module], stack: Stack, names: list[st
     try:
         with torch.no_grad():
             for position, (lora, strength) in enumerate(stack):
-                matched = _apply_one(components, lora, strength, saved)
+                label = names[position] if names else f"LoRA {position + 1}"
+                matched = _apply_one(components, lora, strength, saved, label)
                 if matched == 0:
-                    label = names[position] if names else f"LoRA {position + 1}"
                     wanted = sorted({key.split(":")[0] for key in lora.layers})
                     raise LoRAMismatchError(f"LoRA '{label}' fits none of the model's layers (it changes {', '.join(wanted)}): "
                                      "is it made for another model family?")
@@ -106,7 +106,7 @@ def applied(components: dict[str, torch.nn.Module], stack: Stack, names: list[st
 
 
 def _apply_one(components: dict[str, torch.nn.Module], lora: Any, strength: float,
-               saved: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> int:
+               saved: dict[int, tuple[torch.Tensor, torch.Tensor]], label: str) -> int:
     matched = 0
     by_component = {name: (module_index(name, model), _attention_owners(model)) for name, model in components.items()}
     for key, layer in lora.layers.items():
@@ -118,6 +118,11 @@ def _apply_one(components: dict[str, torch.nn.Module], lora: Any, strength: floa
         if module is None:
             log.debug("LoRA layer %s matches no module", key)
             continue
+        size = (layer.up.shape[0], layer.down[0].numel())
+        if size != (module.weight.shape[0], module.weight[0].numel()):
+            raise LoRAMismatchError(f"LoRA '{label}' does not fit this model: its layer {module_name} is "
+                                    f"{size[0]}x{size[1]}, the model's {module.weight.shape[0]}x{module.weight[0].numel()} "
+                                    "(made for another model family?)")
         matched += 1
         if strength == 0:
             continue

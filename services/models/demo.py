@@ -145,6 +145,90 @@ def write_tiny_vae_folder(folder: Path | str, seed: int = 10) -> Path:
     return folder
 
 
+# --------------------------------------------------------------------------------------------
+# LoRAs and embeddings for the tiny models
+
+LORA_UNET_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
+                    "attn2.to_out.0", "proj_in", "resnets.0.conv1")  # the last: a LoCon convolution layer
+LORA_TEXT_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+
+
+def _lora_layers(model: Any, suffixes: tuple[str, ...]) -> dict[str, Any]:
+    import torch
+
+    return {name: m for name, m in model.named_modules()
+            if name.endswith(suffixes) and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+
+
+def tiny_lora_state(modules: dict[str, Any], layout: str, rank: int = 4, seed: int = 30, ldm_names: bool = False) -> dict[str, Any]:
+    """A random LoRA over the attention (and one convolution) layers of `modules` ("unet",
+    "text_encoder", "text_encoder_2"), in the kohya (alpha = rank / 2) or the PEFT layout (no alpha).
+    ldm_names: kohya's SDXL naming of UNet modules (original LDM names)."""
+    import torch
+
+    from services.models.checkpoints import UNET_PREFIX, unet_to_ldm
+
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    kohya_prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if "text_encoder_2" in modules else "lora_te_",
+                    "text_encoder_2": "lora_te2_"}
+    for component, model in modules.items():
+        layers = _lora_layers(model, LORA_UNET_LAYERS if component == "unet" else LORA_TEXT_LAYERS)
+        names = {name: name for name in layers}
+        if component == "unet" and ldm_names:
+            ldm = unet_to_ldm({f"{n}.weight": n for n in layers}, model.config)
+            names = {n: k[len(UNET_PREFIX):].rsplit(".", 1)[0] for k, n in ldm.items()}
+        for name, module in layers.items():
+            weight = module.weight
+            if weight.ndim == 4:  # LoCon: a k x k down convolution and a 1 x 1 up one
+                down = torch.randn(rank, weight.shape[1], *weight.shape[2:], generator=generator) * 0.1
+                up = torch.randn(weight.shape[0], rank, 1, 1, generator=generator) * 0.1
+            else:
+                down = torch.randn(rank, weight.shape[1], generator=generator) * 0.1
+                up = torch.randn(weight.shape[0], rank, generator=generator) * 0.1
+            if layout == "kohya":
+                text_name = names[name] if component == "unet" or name.startswith("text_model.") else "text_model." + name
+                key = kohya_prefix[component] + text_name.replace(".", "_")
+                state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                              f"{key}.alpha": torch.tensor(rank / 2)})
+            else:
+                key = f"{component}.{name}"
+                state.update({f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up})
+    return state
+
+
+def write_tiny_lora(path: Path | str, modules: dict[str, Any], layout: str = "kohya", **options: Any) -> Path:
+    """A LoRA file for the tiny models (see tiny_lora_state); `modules` fixes the layer shapes."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tiny_lora_state(modules, layout, **options).items()}, str(path))
+    return path
+
+
+def write_tiny_embedding(path: Path | str, width: int = TINY_TEXT_WIDTH, vectors: int = 2, seed: int = 40,
+                         sdxl: bool = False) -> Path:
+    """A textual-inversion embedding: .pt (A1111), .bin (diffusers, one vector), .safetensors
+    (emb_params, or clip_l + clip_g for SDXL)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.randn(vectors, width, generator=generator)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        tensors = {"clip_l": data, "clip_g": torch.randn(vectors, width, generator=generator)} if sdxl else {"emb_params": data}
+        save_file(tensors, str(path))
+    elif path.suffix == ".bin":
+        torch.save({f"<{path.stem}>": data[0]}, path)
+    else:
+        torch.save({"string_to_param": {"*": data}, "name": path.stem, "step": 0}, path)
+    return path
+
+
 def write_demo_models(target: Path) -> list[Path]:
     written = [
         write_tiny_sd1_diffusers(target / "tiny-sd1"),
