@@ -456,3 +456,14 @@ def test_display_and_device_detection(monkeypatch):
     assert "cannot open display ':987'" in display_problem()
     assert detect_device("cpu") == "CPU" and detect_device("cuda:1") == "GPU (cuda:1)"
     assert detect_device("auto") in ("CPU", "GPU (CUDA)", "GPU (MPS)")
+
+
+def test_every_example_opens_laid_out_and_unsaved(ctl):
+    from app.examples import examples
+
+    shipped = examples()
+    assert {e.name for e in shipped} == {"hires_fix", "lora_stack", "sdxl_base_refiner", "outpaint"}
+    for item in shipped:
+        ctl.open_example(item.name)
+        assert set(ctl.graph.nodes) == {n["id"] for n in item.graph["nodes"]}
+        assert set(ctl.session.ui["positions"]) == set(ctl.graph.nodes) and ctl.path is None

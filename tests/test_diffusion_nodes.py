@@ -356,3 +356,99 @@ def test_vae_encode_decode_and_embeddings_in_a_graph(invoker, services):
     session = run_graph(invoker, nodes, links)
     assert image_of(services, session, "decode").shape == (64, 72, 3)
     assert session.results["prompt"][0].state == "completed", session.results["prompt"][0].error
+
+
+def test_latent_blend_crop_and_masked_denoise_keep_the_unmasked_latents(invoker, services):
+    nodes = {"model": {"type": "main_model_loader", "model": "tiny-sd1"},
+             "image": {"type": "noise_image", "width": 64, "height": 64, "seed": 3},
+             "encode": {"type": "vae_encode"}, "empty": {"type": "empty_latent", "width": 64, "height": 64},
+             "blend": {"type": "latent_blend", "alpha": 0.25}, "crop": {"type": "latent_crop", "x": 16, "y": 8, "width": 32, "height": 48},
+             "black": {"type": "solid_color", "width": 64, "height": 64, "color": "black"},
+             "pos": {"type": "prompt", "prompt": "x"}, "neg": {"type": "prompt"},
+             "masked": {"type": "denoise_latents", "steps": 3, "seed": 1},
+             "decode_masked": {"type": "vae_decode"}, "decode_source": {"type": "vae_decode"}}
+    links = [("image", "image", "encode", "image"), ("model", "vae", "encode", "vae"), ("encode", "latents", "blend", "first"),
+             ("empty", "latents", "blend", "second"), ("blend", "latents", "crop", "latents"),
+             ("model", "clip", "pos", "clip"), ("model", "clip", "neg", "clip"), ("model", "unet", "masked", "unet"),
+             ("pos", "conditioning", "masked", "positive"), ("neg", "conditioning", "masked", "negative"),
+             ("encode", "latents", "masked", "latents"), ("black", "image", "masked", "mask"),
+             ("masked", "latents", "decode_masked", "latents"), ("model", "vae", "decode_masked", "vae"),
+             ("encode", "latents", "decode_source", "latents"), ("model", "vae", "decode_source", "vae")]
+    session = run_graph(invoker, nodes, links)
+    crop = session.results["crop"][0]
+    assert crop.state == "completed", crop.error
+    assert (crop.outputs["width"], crop.outputs["height"]) == (32, 48)
+    # an all-black mask keeps everything: the denoised latents are the source's
+    assert np.array_equal(image_of(services, session, "decode_masked"), image_of(services, session, "decode_source"))
+
+
+def test_the_hires_fix_example_runs_on_the_tiny_model(invoker, services):
+    from app.examples import example
+
+    graph = example("hires_fix").graph
+    nodes = {n["id"]: {k: v for k, v in n.items() if k != "id"} for n in graph["nodes"]}
+    nodes["model"]["model"] = "tiny-sd1"
+    nodes["empty"].update(width=64, height=64)
+    nodes["denoise"]["steps"] = nodes["hires"]["steps"] = 2
+    nodes["hires"]["denoise_start"] = 0.5
+    links = [(l["from_node"], l["from_field"], l["to_node"], l["to_field"]) for l in graph["links"]]
+    session = run_graph(invoker, nodes, links)
+    assert image_of(services, session, "decode").shape == (96, 96, 3)  # 64 x 1.5
+
+
+# --------------------------------------------------------------------------------------------
+# Masks (PIL only)
+
+
+def test_mask_nodes_and_outpaint_padding(user_root):
+    from PIL import Image
+
+    services = Services.local(Settings.load())
+    invoker = Invoker(services)
+    try:
+        rgba = Image.new("RGBA", (32, 16), (255, 0, 0, 255))
+        rgba.paste((0, 0, 0, 0), (0, 0, 8, 16))
+        source = services.images.save(rgba).image_name
+        nodes = {"alpha": {"type": "mask_from_alpha", "image": {"image_name": source}},
+                 "red": {"type": "mask_from_color", "image": {"image_name": source}, "color": "#ff0000", "tolerance": 4},
+                 "invert": {"type": "mask_invert"}, "grow": {"type": "mask_grow", "pixels": 2},
+                 "shrink": {"type": "mask_shrink", "pixels": 2}, "blur": {"type": "mask_blur", "radius": 1},
+                 "union": {"type": "mask_combine", "mode": "union"},
+                 "pad": {"type": "image_pad_for_outpaint", "image": {"image_name": source}, "right": 16, "left": 0, "feather": 4}}
+        links = [("alpha", "image", "invert", "mask"), ("alpha", "image", "grow", "mask"), ("alpha", "image", "shrink", "mask"),
+                 ("alpha", "image", "blur", "mask"), ("alpha", "image", "union", "first"), ("red", "image", "union", "second")]
+        session = run_graph(invoker, nodes, links)
+
+        def mask(node, field="image"):
+            row = session.results[node][0]
+            assert row.state == "completed", row.error
+            return np.asarray(services.images.get(row.outputs[field]["image_name"]).convert("L"))
+
+        alpha = mask("alpha")
+        assert (alpha[:, :8] == 255).all() and (alpha[:, 8:] == 0).all()  # transparent: white (to fill)
+        assert np.array_equal(mask("invert"), 255 - alpha)
+        assert (mask("grow")[:, :10] == 255).all() and (mask("shrink")[:, 6:] == 0).all()
+        assert 0 < mask("blur")[0, 8] < 255
+        assert (mask("union") == 255).all()  # transparent or red: everything
+        padded = session.results["pad"][0].outputs
+        assert (padded["width"], padded["height"]) == (48, 16)
+        pad_mask = mask("pad", "mask")
+        assert (pad_mask[:, 32:] == 255).all() and (pad_mask[:, :28] == 0).all() and 0 < pad_mask[0, 30] < 255
+    finally:
+        invoker.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# The reference pin table
+
+
+def test_every_reference_pin_type_has_its_own_colour_and_cli_form():
+    from app.canvas.schema import tag_colour
+    from app.cli_schema import parse_value
+    from nodes.base import PIN_TYPES, REGISTRY
+
+    colours = [tag_colour(tag) for tag in PIN_TYPES]
+    assert len(set(colours)) == len(colours) and {"image", "latents", "conditioning", "unet", "clip", "vae"} <= set(PIN_TYPES)
+    port = REGISTRY["denoise_latents"].inputs()["unet"]
+    assert parse_value(port, "tiny-sd1") == {"model_id": "tiny-sd1"}
+    assert REGISTRY["denoise_latents"].validate_value("unet", {"model_id": "m"}).loras == []

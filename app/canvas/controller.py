@@ -509,6 +509,14 @@ class CanvasController:
         self.undo_stack[:], self.redo_stack[:] = undo, redo
         self.dirty = True
 
+    def open_example(self, name: str) -> None:
+        """An example graph as a new unsaved session (laid out automatically)."""
+        from app.examples import example
+
+        found = example(name)
+        self._replace(Session(Graph.from_dict(found.graph), change=f"example {name}"), None,
+                      f"Example: {found.title} ({found.description}) Pick your models, then Run.")
+
     def save(self, path: str | Path | None = None) -> bool:
         """Write the session (graph, positions, results) as JSON.  False when no path is known
         yet (the view then asks for one) or the write failed."""

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import dearpygui.dearpygui as dpg
 
+from app.examples import examples
 from services.engine.graph import Link
 
 from .controller import IDLE, CanvasController, CanvasError
@@ -174,6 +175,10 @@ class CanvasView:
         with dpg.menu_bar():
             with dpg.menu(label="File"):
                 dpg.add_menu_item(label="New demo graph", callback=lambda: self.request(self.c.new_demo))
+                with dpg.menu(label="Examples"):
+                    for item in examples():
+                        dpg.add_menu_item(label=item.title, user_data=item.name,
+                                          callback=lambda s, a, u: self.request(lambda: self.c.open_example(u)))
                 dpg.add_menu_item(label="Open...  (Ctrl+O)", callback=lambda: self.request(self.ask_open))
                 dpg.add_menu_item(label="Save  (Ctrl+S)", callback=self.save)
                 dpg.add_menu_item(label="Save as...", callback=lambda: self.ask_path("save", None))
