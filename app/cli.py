@@ -74,6 +74,8 @@ class Shell:
             "help": (self.cmd_help, "help [CMD]", "list commands, or show a command's options"),
             "history": (self.cmd_history, "history", "nodes of this session with ids, state and links"),
             "run": (self.cmd_run, "run", "run the session again (finished nodes are skipped, failed ones retried)"),
+            "models": (self.cmd_models, "models [KIND]",
+                       "list the models found (main, vae, lora, embedding, upscaler, face_restore)"),
             "set": (self.cmd_set, "set NODE.FIELD=VALUE", "change a value (a new session; unchanged nodes come from the cache)"),
             "save": (self.cmd_save, "save FILE [--overwrite]", "save the session as JSON (--overwrite replaces a file)"),
             "load": (self.cmd_load, "load FILE", "open a saved session or a PNG made by invoke-nodes"),
@@ -182,6 +184,20 @@ class Shell:
             state = self.session.node_state(node_id)
             parts = [f"{node_id:>4}  {node.type:<14} {state:<9}", values, f"links: {links}" if links else ""]
             self.print("  ".join(p for p in parts if p))
+        return OK
+
+    def cmd_models(self, args: list[str]) -> int:
+        if len(args) > 1:
+            raise CommandError("models", None, "takes at most one word: the kind")
+        try:
+            found = self.invoker.list_models(args[0] if args else None)
+        except ValueError as exc:
+            raise CommandError("models", None, str(exc)) from None
+        if not found:
+            self.print("no models found: put them in the models folder (see the README's Models section)")
+        for info in found:
+            use = f"  (in a prompt: embedding:{info.name})" if info.kind == "embedding" else ""
+            self.print(f"{info.id:<32} {info.kind:<12} {info.base or '':<5} {info.name}{use}")
         return OK
 
     def cmd_run(self, args: list[str]) -> int:

@@ -452,3 +452,16 @@ def test_every_reference_pin_type_has_its_own_colour_and_cli_form():
     port = REGISTRY["denoise_latents"].inputs()["unet"]
     assert parse_value(port, "tiny-sd1") == {"model_id": "tiny-sd1"}
     assert REGISTRY["denoise_latents"].validate_value("unet", {"model_id": "m"}).loras == []
+
+
+def test_the_cli_lists_loras_and_embeddings(invoker):
+    import io
+
+    from app.cli import Shell
+
+    out, err = io.StringIO(), io.StringIO()
+    shell = Shell(invoker, out, err, open_viewer=False)
+    assert shell.execute("models embedding") == 0
+    assert "embedding:shiny" in out.getvalue() and "embedding:glow" in out.getvalue() and "tiny-sd1" not in out.getvalue()
+    assert shell.execute("models lora") == 0 and "loras-peft-sd1" in out.getvalue()
+    assert shell.execute("models bogus") != 0 and "unknown model kind" in err.getvalue()
