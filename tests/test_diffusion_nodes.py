@@ -96,6 +96,27 @@ def test_a_patched_layer_is_base_plus_weighted_up_down_and_the_base_is_restored_
     assert all(torch.equal(v, pipe.text_encoder.state_dict()[k]) for k, v in text_before.items())
 
 
+def test_a_lora_reaches_fused_qkv_projections_as_on_cuda(manager):
+    """On CUDA the UNet's q/k/v projections are fused (one matrix product); the LoRA must reach the fused copy."""
+    from nodes.core.lora import applied
+    from services.models.demo import tiny_unet
+
+    plain, fused = tiny_unet(), tiny_unet()
+    fused.fuse_qkv_projections()
+    lora = manager.load("loras-kohya-sd1")
+    generator = torch.Generator().manual_seed(0)
+    sample, context = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 77, 32, generator=generator)
+    with torch.inference_mode():
+        before = fused(sample, 10, encoder_hidden_states=context).sample
+        with applied({"unet": plain}, [(lora, 1.0)]):
+            expected = plain(sample, 10, encoder_hidden_states=context).sample
+        with applied({"unet": fused}, [(lora, 1.0)]):
+            got = fused(sample, 10, encoder_hidden_states=context).sample
+        after = fused(sample, 10, encoder_hidden_states=context).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, before) and torch.equal(after, before)
+
+
 def test_kohya_sdxl_lora_with_original_module_names_reaches_the_unet_and_both_text_encoders(manager):
     from nodes.core.lora import applied
 
