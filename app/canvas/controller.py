@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from nodes.base import REGISTRY, SEED_MAX, BaseInvocation
+from nodes.base import PIN_TYPES, REGISTRY, SEED_MAX, BaseInvocation
 from services.engine.events import (NODE_COMPLETED, NODE_FAILED, NODE_PROGRESS, NODE_STARTED, SESSION_CANCELED,
                              SESSION_COMPLETED, Event)
 from services.engine.graph import Graph, GraphError, Link
@@ -82,10 +82,11 @@ def image_output_name(cls: type[BaseInvocation], outputs: dict[str, Any] | None)
     """The image a node's outputs refer to (its first image pin), if any."""
     if not outputs:
         return None
+    key = PIN_TYPES["image"].key
     for name, port in cls.outputs().items():
         value = outputs.get(name)
-        if port.tag == "image" and isinstance(value, dict) and value.get("image_name"):
-            return str(value["image_name"])
+        if port.tag == "image" and isinstance(value, dict) and value.get(key):
+            return str(value[key])
     return None
 
 
