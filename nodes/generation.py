@@ -57,6 +57,9 @@ class DiffusionInvocation(BaseInvocation):
         check_syntax("prompt", self.prompt)
         check_syntax("negative_prompt", self.negative_prompt)
         info = self._model_info(context, "model", "main")
+        if info.variant == "refiner":
+            raise NodeInputError("model", f"'{info.id}' is an SDXL refiner: use it for a second pass "
+                                          "(main_model_loader -> denoise_latents with denoise_start)")
         if info.variant == "inpaint" and not inpaint:
             raise NodeInputError("model", f"'{info.id}' is an inpainting model: use it in the inpaint node")
         ids = [info.id] + ([self._model_info(context, "vae", "vae").id] if self.vae else [])

@@ -26,6 +26,7 @@ def models_dir(tmp_path_factory):
     models = tmp_path_factory.mktemp("diffusion") / "models"
     demo.write_tiny_sd1_diffusers(models / "tiny-sd1")
     demo.write_tiny_sdxl_diffusers(models / "tiny-sdxl")
+    demo.write_tiny_sdxl_refiner_diffusers(models / "tiny-refiner")
     sd1 = demo.tiny_sd1_modules()  # the layer shapes of tiny-sd1
     sd1_parts = {"unet": sd1["unet"], "text_encoder": sd1["text_encoder"]}
     demo.write_tiny_lora(models / "loras" / "kohya-sd1.safetensors", sd1_parts, "kohya")
@@ -307,18 +308,23 @@ def test_the_granular_graph_draws_the_txt2img_nodes_pixels(invoker, services):
     assert np.array_equal(image_of(services, session, "decode"), image_of(services, session, "txt2img"))
 
 
-def test_sdxl_graph_and_a_refiner_style_second_pass(invoker, services):
+def test_sdxl_base_then_refiner_second_pass(invoker, services):
     nodes, links = txt2img_graph(model="tiny-sdxl", steps=4)
     nodes["denoise"].update(denoise_end=0.5)
-    nodes["finish"] = {"type": "denoise_latents", "steps": 4, "denoise_start": 0.5, "add_noise": False, "seed": 1,
-                       "sampler": "euler_a"}
+    nodes.update({"refiner": {"type": "main_model_loader", "model": "tiny-refiner"},
+                  "r_pos": {"type": "sdxl_prompt", "prompt": "a red (cube:1.2)"}, "r_neg": {"type": "sdxl_prompt"},
+                  "finish": {"type": "denoise_latents", "steps": 4, "denoise_start": 0.5, "add_noise": False, "seed": 1,
+                             "sampler": "euler_a"}})
     nodes["decode"]["tiled"] = True
     links = [link for link in links if link[2] != "decode" or link[3] != "latents"]
-    links += [("denoise", "latents", "finish", "latents"), ("model", "unet", "finish", "unet"),
-              ("pos", "conditioning", "finish", "positive"), ("neg", "conditioning", "finish", "negative"),
-              ("finish", "latents", "decode", "latents")]
+    links += [("refiner", "clip", "r_pos", "clip"), ("refiner", "clip", "r_neg", "clip"), ("refiner", "unet", "finish", "unet"),
+              ("r_pos", "conditioning", "finish", "positive"), ("r_neg", "conditioning", "finish", "negative"),
+              ("denoise", "latents", "finish", "latents"), ("finish", "latents", "decode", "latents")]
     session = run_graph(invoker, nodes, links)
     assert image_of(services, session, "decode").shape == (64, 64, 3)
+    assert session.results["finish"][0].state == "completed"
+    refused = run_graph(invoker, {"t": {"type": "txt2img", "model": "tiny-refiner", "steps": 2, "width": 64, "height": 64}}, [])
+    assert "field 'model'" in refused.results["t"][0].error and "refiner" in refused.results["t"][0].error
 
 
 def test_lora_weight_zero_is_the_base_and_two_branches_differ(invoker, services):

@@ -117,10 +117,13 @@ class PromptEncoder:
         self.sdxl = base == "sdxl"
         self.skip = skip
         self._embeddings = embeddings  # name -> loaded Embedding (KeyError naming the known ones)
-        if self.sdxl:
-            self.encoders = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+        # (tokenizer, text encoder, the name embedding files give its vectors)
+        if not self.sdxl:
+            self.encoders = [(pipe.tokenizer, pipe.text_encoder, "*")]
+        elif pipe.text_encoder is None:  # an SDXL refiner: OpenCLIP bigG only
+            self.encoders = [(pipe.tokenizer_2, pipe.text_encoder_2, "clip_g")]
         else:
-            self.encoders = [(pipe.tokenizer, pipe.text_encoder)]
+            self.encoders = [(pipe.tokenizer, pipe.text_encoder, "clip_l"), (pipe.tokenizer_2, pipe.text_encoder_2, "clip_g")]
 
     def _layer(self) -> tuple[int | None, bool]:
         # as diffusers' pipelines: SD 1/2 take the last layer (or skip some and normalise),
@@ -134,7 +137,7 @@ class PromptEncoder:
         """prompt_2: SDXL's second encoder's own text (a PromptSyntaxError in it has field "prompt_2")."""
         layer, final_norm = self._layer()
         hidden_parts, pooled, empty_parts = [], None, []
-        for index, (tokenizer, encoder) in enumerate(self.encoders):
+        for index, (tokenizer, encoder, _) in enumerate(self.encoders):
             own = index == 1 and prompt_2 is not None
             try:
                 pieces = parse(prompt_2 if own else prompt)  # type: ignore[arg-type]
@@ -164,7 +167,7 @@ class PromptEncoder:
         except KeyError as exc:
             raise PromptSyntaxError(f"{exc.args[0] if exc.args else exc}; embedding '{name}'", position) from None
         try:
-            vectors = embedding.for_encoder(encoder_index, len(self.encoders))
+            vectors = embedding.for_encoder(self.encoders[encoder_index][2])
         except KeyError:
             raise PromptSyntaxError(f"embedding '{name}' has no vectors for this model's text encoder "
                                     f"{encoder_index + 1} (made for another model family?)", position) from None

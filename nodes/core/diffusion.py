@@ -186,6 +186,7 @@ class DenoiseRequest:
     end: float = 1.0  # stop here, leaving the rest of the noise in (for a refiner pass)
     add_noise: bool = True  # False: the latents are already noisy (they continue a pass that stopped early)
     keep_mask: torch.Tensor | None = None  # latent-sized, 1 where the source latents are kept (plain-UNet inpaint)
+    aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiners: positive, negative (diffusers' defaults)
     extra_channels: torch.Tensor | None = None  # inpainting UNets: mask + masked-image latents
 
 
@@ -222,9 +223,7 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
     if base == "sdxl":
         pooled = [c["pooled"].to(device, dtype).expand(batch, -1) for c in ((r.negative, r.positive) if guided else (r.positive,))]
         text_embeds = torch.cat(pooled)
-        height, width = source.shape[2] * 8, source.shape[3] * 8
-        size = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device)  # original, crop, target
-        time_ids = size.repeat(text_embeds.shape[0], 1)
+        time_ids = _time_ids(unet, source, text_embeds.shape[-1], guided, batch, r.aesthetic_scores).to(device, dtype)
 
     scheduler = make_scheduler(scheduler_config, r.sampler, r.schedule)
     scheduler.set_timesteps(r.steps, device=device)
@@ -264,6 +263,20 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
         estimate = getattr(step, "pred_original_sample", None)
         on_step(index + 1, total, preview_image(estimate if estimate is not None else latents, base))
     return latents
+
+
+def _time_ids(unet: Any, latents: torch.Tensor, pooled_width: int, guided: bool, batch: int,
+              aesthetic_scores: tuple[float, float]) -> torch.Tensor:
+    """SDXL's size conditioning: (original size, crop, target size), or for a refiner (whose UNet
+    embeds 5 numbers) (original size, crop, aesthetic score).  Rows: [negative,] positive per image."""
+    height, width = latents.shape[2] * 8, latents.shape[3] * 8
+    count = (unet.config.projection_class_embeddings_input_dim - pooled_width) // unet.config.addition_time_embed_dim
+    if count == 5:
+        rows = [[height, width, 0, 0, score] for score in ((aesthetic_scores[1], aesthetic_scores[0]) if guided
+                                                            else (aesthetic_scores[0],))]
+    else:
+        rows = [[height, width, 0, 0, height, width]] * (2 if guided else 1)
+    return torch.tensor(rows, dtype=torch.float32).repeat_interleave(batch, dim=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,11 +37,9 @@ def unet(context: Any, pin: UNetField, field: str = "unet") -> contextlib.Abstra
 
 def clip(context: Any, pin: ClipField, field: str = "clip") -> contextlib.AbstractContextManager[tuple[Any, Any]]:
     """(pipeline, model info) with the pin's LoRAs added to the text encoder(s) for the block."""
-    def parts(pipe: Any) -> dict[str, Any]:
-        encoders = {"text_encoder": pipe.text_encoder}
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            encoders["text_encoder_2"] = pipe.text_encoder_2
-        return encoders
+    def parts(pipe: Any) -> dict[str, Any]:  # an SDXL refiner has only the second text encoder
+        encoders = {name: getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")}
+        return {name: encoder for name, encoder in encoders.items() if encoder is not None}
 
     return _with_loras(context, field, pin.model_id, pin.loras, parts)
 

@@ -165,11 +165,11 @@ class Embedding:
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.vectors.values())
 
-    def for_encoder(self, index: int, encoders: int) -> Any:
-        """The vectors for text encoder `index` of a model with `encoders` of them; KeyError if none fit."""
-        if encoders == 2:
-            return self.vectors["clip_g" if index else "clip_l"]
-        return self.vectors["*"] if "*" in self.vectors else self.vectors["clip_l"]
+    def for_encoder(self, name: str) -> Any:
+        """The vectors for a text encoder ("*": SD 1.x/2.x's one, "clip_l" / "clip_g": SDXL's); KeyError if none."""
+        if name == "*" and "*" not in self.vectors:
+            return self.vectors["clip_l"]  # an SDXL file's CLIP-L part is SD 1.x's encoder
+        return self.vectors[name]
 
 
 def read_embedding(path: Path) -> Embedding:

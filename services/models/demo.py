@@ -138,6 +138,33 @@ def write_tiny_sdxl_diffusers(folder: Path | str, seed: int = 20) -> Path:
     return folder
 
 
+def write_tiny_sdxl_refiner_diffusers(folder: Path | str, seed: int = 25) -> Path:
+    """A diffusers SDXL refiner folder: only the second text encoder, and a UNet that embeds
+    (original size, crop, aesthetic score) beside the pooled text, all tiny."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(folder)
+    _seeded(seed)
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder(seed).config)
+    time_embed_dim = 8
+    _seeded(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_TEXT_WIDTH, attention_head_dim=8, norm_num_groups=32, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=5 * time_embed_dim + TINY_TEXT_WIDTH)
+    write_clip_tokenizer(folder / "staging", pad_token="!")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "staging")
+    shutil.rmtree(folder / "staging")
+    scheduler = EulerDiscreteScheduler.from_pretrained(ASSETS / "sdxl" / "scheduler")
+    StableDiffusionXLImg2ImgPipeline(vae=tiny_vae(seed + 2), text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
+                                     tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+                                     requires_aesthetics_score=True).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def write_tiny_vae_folder(folder: Path | str, seed: int = 10) -> Path:
     """A diffusers AutoencoderKL folder (config.json + weights)."""
     folder = Path(folder)

@@ -23,9 +23,11 @@ def _quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
 
 
-def pipeline_class(base: str) -> type:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def pipeline_class(base: str, variant: str = "normal") -> type:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
+    if variant == "refiner":  # diffusers ships the refiner as an img2img pipeline (no first text encoder)
+        return StableDiffusionXLImg2ImgPipeline
     return StableDiffusionXLPipeline if base == "sdxl" else StableDiffusionPipeline
 
 
@@ -65,7 +67,7 @@ def _dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 
 def _load_pipeline(info: Any, path: Path, dtype: torch.dtype, cache_dir: Path) -> Any:
-    cls = pipeline_class(info.base)
+    cls = pipeline_class(info.base, info.variant)
     extra = {} if info.base == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     if info.format == "diffusers":
         pipe = cls.from_pretrained(path, **_dtype(dtype), local_files_only=True, **extra)

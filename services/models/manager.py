@@ -57,7 +57,7 @@ class ModelInfo:
     format: str  # diffusers | safetensors | ckpt | pth
     path: str
     size_bytes: int
-    variant: str = "normal"  # "inpaint" for 9-channel inpainting UNets
+    variant: str = "normal"  # "inpaint" for 9-channel inpainting UNets, "refiner" for SDXL refiners
     architecture: str | None = None  # for upscalers / face restorers, as spandrel names it
     config_path: str | None = None  # diffusers config folder used for a single file (sidecar), if any
 
@@ -168,9 +168,9 @@ def _probe_diffusers_folder(folder: Path) -> _Found:
     else:  # a small custom model: SD 1.x uses OpenAI CLIP (quick_gelu), SD 2.x OpenCLIP (gelu)
         text_config = _read_json(folder / "text_encoder" / "config.json")
         base = "sd1" if text_config.get("hidden_act") == "quick_gelu" else "sd2"
-    if base == "sdxl" and not (index.get("text_encoder") or [None])[0]:
-        raise ValueError("an SDXL refiner (it has no first text encoder), which is not supported")
     variant = "inpaint" if unet_config.get("in_channels") == 9 else "normal"
+    if base == "sdxl" and not (index.get("text_encoder") or [None])[0]:
+        variant = "refiner"  # only the second (OpenCLIP) text encoder; aesthetic-score conditioning
     return _Found(folder.parent, folder, "main", base, "diffusers", _dir_size(folder), variant)
 
 
