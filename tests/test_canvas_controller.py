@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -467,3 +468,11 @@ def test_every_example_opens_laid_out_and_unsaved(ctl):
         ctl.open_example(item.name)
         assert set(ctl.graph.nodes) == {n["id"] for n in item.graph["nodes"]}
         assert set(ctl.session.ui["positions"]) == set(ctl.graph.nodes) and ctl.path is None
+
+
+def test_embeddings_found_are_listed_as_prompts_name_them(ctl, services):
+    from services.models.demo import write_tiny_embedding
+
+    write_tiny_embedding(Path(services.settings.models_dir) / "embeddings" / "shiny.pt")
+    ctl.refresh_models()
+    pump_until(ctl, lambda: ctl.embedding_names() == ["shiny"])

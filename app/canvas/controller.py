@@ -209,6 +209,13 @@ class CanvasController:
             return []
         return sorted(m.id for m in self._models if model_kind is None or m.kind == model_kind)
 
+    def embedding_names(self) -> list[str]:
+        """Textual-inversion embeddings found (<models>/embeddings/), as a prompt names them."""
+        if self._models is None:
+            self._ask_models()
+            return []
+        return sorted(m.name for m in self._models if m.kind == "embedding")
+
     def _ask_models(self) -> None:
         if self._models_asked:
             return

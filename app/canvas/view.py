@@ -193,6 +193,8 @@ class CanvasView:
             with dpg.menu(label="Run"):
                 dpg.add_menu_item(label="Run  (Ctrl+Enter)", callback=lambda: self.c.run())
                 dpg.add_menu_item(label="Cancel  (Esc)", callback=lambda: self.c.cancel())
+            self.embeddings_menu = dpg.add_menu(label="Embeddings")
+            self.embeddings_version = -1  # the models_version the menu was filled from
         self._fill_recent()
 
     def _fill_recent(self) -> None:
@@ -313,7 +315,19 @@ class CanvasView:
         for node_id in self.c.take_changed():
             if node_id in self.nodes:
                 self.update_status(node_id)
+        if self.embeddings_version != self.c.models_version:
+            self._fill_embeddings()
         self._update_bars()
+
+    def _fill_embeddings(self) -> None:
+        """The embeddings found, as prompts name them; picking one copies that to the clipboard."""
+        self.embeddings_version = self.c.models_version
+        dpg.delete_item(self.embeddings_menu, children_only=True)
+        for name in self.c.embedding_names():
+            dpg.add_menu_item(label=f"embedding:{name}", parent=self.embeddings_menu, user_data=f"embedding:{name}",
+                              callback=lambda s, a, u: (dpg.set_clipboard_text(u), self.c.say(f"Copied {u}: paste it into a prompt")))
+        if not self.c.embedding_names():
+            dpg.add_menu_item(label="(none in <models>/embeddings/)", parent=self.embeddings_menu, enabled=False)
 
     def sync(self) -> None:
         graph = self.c.graph
