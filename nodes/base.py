@@ -57,10 +57,12 @@ class ImageField(BaseModel):
 
 
 class LatentsField(BaseModel):
-    """A reference to a latents tensor held by the object store (where the node that made it runs)."""
+    """A reference to a latents tensor held by the object store (where the node that made it runs),
+    with an optional mask that limits where denoising redraws them (set_latent_noise_mask)."""
 
     type_tag: ClassVar[str] = "latents"
     latents_name: str
+    noise_mask: ImageField | None = None
 
 
 class ConditioningField(BaseModel):

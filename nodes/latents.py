@@ -92,7 +92,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
     negative: ConditioningField = InputField(description="What to avoid")
     latents: LatentsField = InputField(description="Start latents (empty for txt2img; encoded or generated ones for img2img)")
     noise: LatentsField | None = InputField(None, description="Starting noise (empty: drawn from the seed)")
-    mask: ImageField | None = InputField(None, description="Redraw only where this mask is white")
+    mask: ImageField | None = InputField(None, description="Redraw only where this mask is white (else the latents' own mask)")
     steps: int = InputField(30, ge=1, le=500, description="Steps of the whole schedule")
     cfg_scale: float = InputField(7.5, ge=0, le=50, description="Prompt strength (classifier-free guidance; 1 or less: off)")
     sampler: SamplerName = InputField("euler", description="Sampler")
@@ -118,7 +118,8 @@ class DenoiseLatentsInvocation(BaseInvocation):
             raise NodeInputError("noise", f"noise is {_size(noise)}, latents are {_size(latents)}")
         positive = get_conditioning(context, "positive", self.positive)
         negative = get_conditioning(context, "negative", self.negative)
-        keep_mask = self._keep_mask(context, latents) if self.mask is not None else None
+        mask = self.mask or self.latents.noise_mask
+        keep_mask = self._keep_mask(context, mask, latents) if mask is not None else None
         with pins.unet(context, self.unet) as (pipe, info):
             self._check_model(pipe, info, positive, negative)
             request = DenoiseRequest(positive=positive, negative=negative, latents=latents, seed=self.seed, noise=noise,
@@ -130,13 +131,12 @@ class DenoiseLatentsInvocation(BaseInvocation):
                              context.models.compile_mode, context.models.cache_dir)
         return LatentsOutput.of(context, result)
 
-    def _keep_mask(self, context: InvocationContext, latents: Any) -> Any:
+    @staticmethod
+    def _keep_mask(context: InvocationContext, ref: ImageField, latents: Any) -> Any:
         from .core.diffusion import image_to_tensor
 
-        assert self.mask is not None
-        mask = context.images.get(self.mask)
         size = (latents.shape[3], latents.shape[2])
-        return 1 - (image_to_tensor(mask, size, "L") > 0.5).float()
+        return 1 - (image_to_tensor(context.images.get(ref), size, "L") > 0.5).float()
 
     @staticmethod
     def _check_model(pipe: Any, info: Any, positive: Any, negative: Any) -> None:
@@ -262,3 +262,18 @@ class LatentCropInvocation(BaseInvocation):
             raise NodeInputError("height", f"y + height is {self.y + self.height}, the latents are {full_height} high")
         x, y, w, h = (v // LATENT_CELL for v in (self.x, self.y, self.width, self.height))
         return LatentsOutput.of(context, latents[:, :, y:y + h, x:x + w].clone())
+
+
+class SetLatentNoiseMaskInvocation(BaseInvocation):
+    """Attach a mask to latents: denoise_latents then redraws only where it is white."""
+
+    type: Literal["set_latent_noise_mask"] = "set_latent_noise_mask"
+    category: ClassVar[str] = "latents"
+    runs_in_worker: ClassVar[bool] = True  # where the latents are held
+    latents: LatentsField = InputField(description="Latents")
+    mask: ImageField = InputField(description="Mask: white is redrawn, black is kept")
+
+    def invoke(self, context: InvocationContext) -> LatentsOutput:
+        latents = get_latents(context, "latents", self.latents)  # the same tensor: only the reference gains the mask
+        return LatentsOutput(latents=self.latents.model_copy(update={"noise_mask": self.mask}),
+                             width=latents.shape[3] * LATENT_CELL, height=latents.shape[2] * LATENT_CELL)

@@ -385,20 +385,21 @@ def test_vae_encode_decode_and_embeddings_in_a_graph(invoker, services):
     assert session.results["prompt"][0].state == "completed", session.results["prompt"][0].error
 
 
-def test_latent_blend_crop_and_masked_denoise_keep_the_unmasked_latents(invoker, services):
+def test_latent_blend_crop_and_a_latent_noise_mask_keeps_the_unmasked_latents(invoker, services):
     nodes = {"model": {"type": "main_model_loader", "model": "tiny-sd1"},
              "image": {"type": "noise_image", "width": 64, "height": 64, "seed": 3},
              "encode": {"type": "vae_encode"}, "empty": {"type": "empty_latent", "width": 64, "height": 64},
              "blend": {"type": "latent_blend", "alpha": 0.25}, "crop": {"type": "latent_crop", "x": 16, "y": 8, "width": 32, "height": 48},
              "black": {"type": "solid_color", "width": 64, "height": 64, "color": "black"},
              "pos": {"type": "prompt", "prompt": "x"}, "neg": {"type": "prompt"},
-             "masked": {"type": "denoise_latents", "steps": 3, "seed": 1},
+             "set_mask": {"type": "set_latent_noise_mask"}, "masked": {"type": "denoise_latents", "steps": 3, "seed": 1},
              "decode_masked": {"type": "vae_decode"}, "decode_source": {"type": "vae_decode"}}
     links = [("image", "image", "encode", "image"), ("model", "vae", "encode", "vae"), ("encode", "latents", "blend", "first"),
              ("empty", "latents", "blend", "second"), ("blend", "latents", "crop", "latents"),
              ("model", "clip", "pos", "clip"), ("model", "clip", "neg", "clip"), ("model", "unet", "masked", "unet"),
              ("pos", "conditioning", "masked", "positive"), ("neg", "conditioning", "masked", "negative"),
-             ("encode", "latents", "masked", "latents"), ("black", "image", "masked", "mask"),
+             ("encode", "latents", "set_mask", "latents"), ("black", "image", "set_mask", "mask"),
+             ("set_mask", "latents", "masked", "latents"),
              ("masked", "latents", "decode_masked", "latents"), ("model", "vae", "decode_masked", "vae"),
              ("encode", "latents", "decode_source", "latents"), ("model", "vae", "decode_source", "vae")]
     session = run_graph(invoker, nodes, links)
