@@ -257,10 +257,13 @@ def write_tiny_embedding(path: Path | str, width: int = TINY_TEXT_WIDTH, vectors
 
 
 def write_demo_models(target: Path) -> list[Path]:
+    sd1 = tiny_sd1_modules()  # the layer shapes of tiny-sd1, for its LoRA
     written = [
         write_tiny_sd1_diffusers(target / "tiny-sd1"),
         write_tiny_sd1_single_file(target / "tiny-sd1-single.safetensors", seed=1),
         write_tiny_vae_folder(target / "tiny-vae"),
+        write_tiny_lora(target / "loras" / "tiny-lora.safetensors", {"unet": sd1["unet"], "text_encoder": sd1["text_encoder"]}),
+        write_tiny_embedding(target / "embeddings" / "tiny-style.pt"),
     ]
     try:
         import spandrel  # noqa: F401 - restoration models need it (and it needs torchvision)
