@@ -9,6 +9,7 @@ seeded with the node's seed, so the same seed gives the same image on the same d
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -290,6 +291,20 @@ def _vae_dtype(vae: Any, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+@contextlib.contextmanager
+def _vae_in(vae: Any, dtype: torch.dtype) -> Any:
+    """The (shared, cached) VAE in `dtype` for the block, back in its own dtype after; no move when they agree."""
+    own = vae.dtype
+    if own == dtype:
+        yield
+        return
+    vae.to(dtype)
+    try:
+        yield
+    finally:
+        vae.to(own)
+
+
 def vae_scale(vae: Any) -> int:
     """Pixels per latent cell."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -300,25 +315,18 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """[0, 1] RGB pixels [b, 3, h, w] -> scaled latents (the distribution's mode: no sampling noise)."""
     dtype = vae.dtype
     work = _vae_dtype(vae, dtype)
-    vae.to(work)
-    try:
+    with _vae_in(vae, work):
         latents = vae.encode((pixels.to(vae.device) * 2 - 1).to(work)).latent_dist.mode()
-    finally:
-        vae.to(dtype)
     return (latents * vae.config.scaling_factor).to(dtype)
 
 
 @torch.inference_mode()
 def decode_latents(vae: Any, latents: torch.Tensor, tiled: bool = False) -> list[Image.Image]:
     """Scaled latents -> RGB images; tiled decodes in overlapping tiles (diffusers' tiled_decode) to bound memory."""
-    dtype = vae.dtype
-    work = _vae_dtype(vae, dtype)
-    vae.to(work)
-    try:
+    work = _vae_dtype(vae, vae.dtype)
+    with _vae_in(vae, work):
         scaled = (latents.to(vae.device) / vae.config.scaling_factor).to(work)
         pixels = (vae.tiled_decode if tiled else vae.decode)(scaled, return_dict=False)[0]
-    finally:
-        vae.to(dtype)
     array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a, "RGB") for a in array]
 
