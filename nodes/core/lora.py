@@ -17,8 +17,9 @@ from services.models.checkpoints import UNET_PREFIX, unet_to_ldm
 
 log = logging.getLogger(__name__)
 
+
 class LoRAMismatchError(ValueError):
-    """A LoRA none of whose layers is found in the model (made for another model family)."""
+    """A LoRA that does not fit the model: no layer of it is found, or one has another shape (another family)."""
 
 
 # (LoRA weights, strength) in the order they stack
