@@ -16,15 +16,24 @@ def model_info(context: Any, field: str, model_id: str, kind: str) -> Any:
         raise NodeInputError(field, str(exc.args[0]) if exc.args else str(exc)) from None
 
 
+def _use(stack: contextlib.ExitStack, context: Any, field: str, *model_ids: str) -> list[Any]:
+    """The loaded models, kept loaded until the stack closes; a file that does not load fails naming the field."""
+    try:
+        return stack.enter_context(context.models.use(*model_ids))
+    except ValueError as exc:  # the manager's ModelLoadError: its message names the model and why
+        raise NodeInputError(field, str(exc)) from None
+
+
 @contextlib.contextmanager
 def _with_loras(context: Any, field: str, model_id: str, loras: list[Any], parts: Any) -> Iterator[tuple[Any, Any]]:
     info = model_info(context, field, model_id, "main")
     lora_ids = [model_info(context, field, lora.model_id, "lora").id for lora in loras]
-    with context.models.use(info.id, *lora_ids) as loaded:
+    with contextlib.ExitStack() as stack:
+        loaded = _use(stack, context, field, info.id, *lora_ids)
         pipe = loaded[0]
-        stack = [(weights, lora.weight) for weights, lora in zip(loaded[1:], loras)]
+        lora_stack = [(weights, lora.weight) for weights, lora in zip(loaded[1:], loras)]
         try:
-            with applied(parts(pipe), stack, lora_ids):
+            with applied(parts(pipe), lora_stack, lora_ids):
                 yield pipe, info
         except LoRAMismatchError as exc:
             raise NodeInputError(field, str(exc)) from None
@@ -50,7 +59,8 @@ def vae(context: Any, pin: VAEField, field: str = "vae") -> Iterator[Any]:
     info = model_info(context, field, pin.model_id, None)  # type: ignore[arg-type]
     if info.kind not in ("main", "vae"):
         raise NodeInputError(field, f"'{pin.model_id}' is a {info.kind} model, not a main model or a VAE")
-    with context.models.use(info.id) as (loaded,):
+    with contextlib.ExitStack() as stack:
+        (loaded,) = _use(stack, context, field, info.id)
         yield loaded.vae if info.kind == "main" else loaded
 
 
@@ -65,7 +75,10 @@ def embeddings(context: Any) -> Iterator[Any]:
                 known = {info.name: info.id for info in context.models.list("embedding")}
                 if name not in known:
                     raise KeyError(f"no embedding '{name}' in <models>/embeddings/ (known: {', '.join(sorted(known)) or 'none'})")
-                (found[name],) = stack.enter_context(context.models.use(known[name]))
+                try:
+                    (found[name],) = stack.enter_context(context.models.use(known[name]))
+                except ValueError as exc:  # a broken file: the prompt's error says where it is used
+                    raise KeyError(str(exc)) from None
             return found[name]
 
         yield lookup
