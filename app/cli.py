@@ -74,13 +74,12 @@ class Shell:
             "help": (self.cmd_help, "help [CMD]", "list commands, or show a command's options"),
             "history": (self.cmd_history, "history", "nodes of this session with ids, state and links"),
             "run": (self.cmd_run, "run", "run the session again (finished nodes are skipped, failed ones retried)"),
-            "models": (self.cmd_models, "models [KIND]",
-                       "list the models found (main, vae, lora, embedding, upscaler, face_restore)"),
             "set": (self.cmd_set, "set NODE.FIELD=VALUE", "change a value (a new session; unchanged nodes come from the cache)"),
             "save": (self.cmd_save, "save FILE [--overwrite]", "save the session as JSON (--overwrite replaces a file)"),
             "load": (self.cmd_load, "load FILE", "open a saved session or a PNG made by invoke-nodes"),
             "new": (self.cmd_new, "new", "start an empty session"),
-            "models": (self.cmd_models, "models", "models found in the models folders, and files that are not models (and why)"),
+            "models": (self.cmd_models, "models [KIND]", "models found in the models folders (one kind: main, vae, lora, "
+                       "embedding, upscaler, face_restore), and files that are not models (and why)"),
             "quit": (self.cmd_quit, "quit", "leave (also: exit, Ctrl-D)"),
             "exit": (self.cmd_quit, "exit", "leave"),
         }
@@ -186,20 +185,6 @@ class Shell:
             self.print("  ".join(p for p in parts if p))
         return OK
 
-    def cmd_models(self, args: list[str]) -> int:
-        if len(args) > 1:
-            raise CommandError("models", None, "takes at most one word: the kind")
-        try:
-            found = self.invoker.list_models(args[0] if args else None)
-        except ValueError as exc:
-            raise CommandError("models", None, str(exc)) from None
-        if not found:
-            self.print("no models found: put them in the models folder (see the README's Models section)")
-        for info in found:
-            use = f"  (in a prompt: embedding:{info.name})" if info.kind == "embedding" else ""
-            self.print(f"{info.id:<32} {info.kind:<12} {info.base or '':<5} {info.name}{use}")
-        return OK
-
     def cmd_run(self, args: list[str]) -> int:
         self._no_args("run", args)
         self._say_stale(self.invoker.mark_stale(self.session))
@@ -241,14 +226,20 @@ class Shell:
             self.print(f"stale (their images, or their inputs' images, are gone; 'run' makes them again): {', '.join(node_ids)}")
 
     def cmd_models(self, args: list[str]) -> int:
-        self._no_args("models", args)
-        models = self.invoker.list_models()
+        if len(args) > 1:
+            raise CommandError("models", None, "takes at most one word: the kind")
+        try:
+            models = self.invoker.list_models(args[0] if args else None)
+        except ValueError as exc:  # an unknown kind
+            raise CommandError("models", None, str(exc)) from None
         for info in models:
-            self.print(f"{info.id:<28} {info.kind:<12} {info.base or '':<5} {info.path}")
+            use = f"  (in a prompt: embedding:{info.name})" if info.kind == "embedding" else ""
+            self.print(f"{info.id:<28} {info.kind:<12} {info.base or '':<5} {info.path}{use}")
         if not models:
             self.print("no models found")
-        for item in self.invoker.unrecognized_models():
-            self.print(f"not a model: {item.path}: {item.reason}")
+        if not args:
+            for item in self.invoker.unrecognized_models():
+                self.print(f"not a model: {item.path}: {item.reason}")
         return OK
 
     def cmd_new(self, args: list[str]) -> int:
