@@ -118,6 +118,23 @@ def test_a_lora_reaches_fused_qkv_projections_as_on_cuda(manager):
     assert not torch.allclose(got, before) and torch.equal(after, before)
 
 
+def test_a_lora_patches_weights_made_under_inference_mode(manager):
+    """On CUDA the node tunes the UNet under torch.inference_mode: its fused weights are then
+    inference tensors, which refuse in-place updates outside it (this crashed on an H200)."""
+    from nodes.core.lora import applied
+    from services.models.demo import tiny_unet
+
+    unet = tiny_unet()
+    with torch.inference_mode():
+        unet.fuse_qkv_projections()
+    fused = next(m for m in unet.modules() if getattr(m, "to_qkv", None) is not None).to_qkv.weight
+    assert fused.is_inference()
+    before = fused.clone()
+    with applied({"unet": unet}, [(manager.load("loras-kohya-sd1"), 1.0)]) as changed:
+        assert changed > 0 and not torch.equal(fused, before)
+    assert torch.equal(fused, before)
+
+
 def test_kohya_sdxl_lora_with_original_module_names_reaches_the_unet_and_both_text_encoders(manager):
     from nodes.core.lora import applied
 

@@ -90,8 +90,10 @@ def applied(components: dict[str, torch.nn.Module], stack: Stack, names: list[st
     names: the LoRAs' ids, for messages.  A LoRA none of whose layers fits the model is refused.
     """
     saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    # inference_mode, not no_grad: weights loaded or moved under inference mode (as on CUDA) are
+    # inference tensors, which only take in-place updates inside it
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             for position, (lora, strength) in enumerate(stack):
                 label = names[position] if names else f"LoRA {position + 1}"
                 matched = _apply_one(components, lora, strength, saved, label)
@@ -101,7 +103,7 @@ def applied(components: dict[str, torch.nn.Module], stack: Stack, names: list[st
                                      "is it made for another model family?")
         yield len(saved)
     finally:
-        with torch.no_grad():
+        with torch.inference_mode():
             for weight, original in saved.values():
                 weight.copy_(original)
 
