@@ -37,6 +37,7 @@ class Invoker:
         self._pending: dict[str, int] = {}
         self._finished: dict[str, bool] = {}  # session id -> its last run ended without a cancel
         self._cond = threading.Condition()
+        self._paused = False
         self._thread: threading.Thread | None = None
         if start:
             self.start()
@@ -171,8 +172,9 @@ class Invoker:
 
     # --- running -----------------------------------------------------------------------------
 
-    def invoke(self, session: Session | str, run_all: bool = True) -> Session:
-        """Queue a run of every ready node (run_all) or of the next one; returns at once."""
+    def invoke(self, session: Session | str, run_all: bool = True, only: frozenset[str] | set[str] | None = None) -> Session:
+        """Queue a run of every ready node (run_all) or of the next one; returns at once.
+        `only`: run just these nodes (e.g. one node and its ancestors)."""
         session = self.get_session(session) if isinstance(session, str) else session
         with self._cond:
             self._running[session.id] = session
@@ -180,7 +182,7 @@ class Invoker:
             if event is None or event.is_set():
                 self._cancel[session.id] = threading.Event()
             self._pending[session.id] = self._pending.get(session.id, 0) + 1
-        self.services.queue.put(Job(session.id, run_all))
+        self.services.queue.put(Job(session.id, run_all, frozenset(only) if only is not None else None))
         return session
 
     def run(self, session: Session, run_all: bool = True) -> bool:
@@ -213,6 +215,26 @@ class Invoker:
         if dropped and not running:
             self.services.events.emit(Event(SESSION_CANCELED, session_id))
 
+    # --- the queue as users see it -----------------------------------------------------------
+
+    def queued(self) -> list[str]:
+        """Session ids waiting to run, next first (the running one is not among them)."""
+        return [job.session_id for job in self.services.queue.jobs()]
+
+    def move_queued(self, session_id: str, delta: int) -> bool:
+        """Move a waiting session `delta` places (negative: sooner)."""
+        return self.services.queue.move(session_id, delta)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self, paused: bool = True) -> None:
+        """Paused, the worker starts no new job (the running one finishes)."""
+        with self._cond:
+            self._paused = paused
+            self._cond.notify_all()
+
     def is_busy(self, session_id: str) -> bool:
         with self._cond:
             return self._pending.get(session_id, 0) > 0
@@ -241,6 +263,10 @@ class Invoker:
     def _work(self) -> None:
         queue = self.services.queue
         while True:
+            with self._cond:
+                if self._paused and not queue.closed:
+                    self._cond.wait(0.5)
+                    continue
             job = queue.get(timeout=0.5)
             if job is None:
                 if queue.closed:
@@ -250,7 +276,7 @@ class Invoker:
                 session = self.get_session(job.session_id)
                 with self._cond:
                     cancel = self._cancel.setdefault(job.session_id, threading.Event())
-                self._finished[job.session_id] = SessionRun(self.services, session, cancel).run(job.run_all)
+                self._finished[job.session_id] = SessionRun(self.services, session, cancel).run(job.run_all, job.only)
                 self.services.sessions.save(session)
             except SessionNotFoundError:
                 log.error("queued session %s no longer exists", job.session_id)

@@ -278,7 +278,7 @@ APPEND_ERRORS = [
     ({"node": {"type": "integer", "colour": 3}}, "1", "colour", "unknown field"),
     ({"node": {"type": "scale"}}, "1", "image", "neither a value nor a link"),
     ({"node": {"type": "scale"}, "links": [{"from_node": "n", "from_field": "value", "to_field": "image"}]},
-     "1", "image", "cannot link int output 'n.value' into a image input"),
+     "1", "image", "cannot link int output 'n.value' into an image input"),
     ({"node": {"type": "scale"}, "links": [{"from_node": "ghost", "from_field": "image", "to_field": "image"}]},
      "1", None, "unknown node 'ghost'"),
     ({"node": {"type": "scale"}, "links": [{"from_node": -5}]}, "1", None, "before the first node"),

@@ -83,7 +83,7 @@ def test_every_registered_node_gets_pins(ctl):
     assert listed == set(REGISTRY)
     for node_type in sorted(REGISTRY):
         node_id = ctl.add_node(node_type)
-        assert ctl.inputs(node_id) is not None and ctl.outputs(node_id)
+        assert ctl.inputs(node_id) is not None and (ctl.outputs(node_id) or node_type == "note")
 
 
 def test_palette_search_and_groups(ctl):
@@ -476,3 +476,248 @@ def test_embeddings_found_are_listed_as_prompts_name_them(ctl, services):
     write_tiny_embedding(Path(services.settings.models_dir) / "embeddings" / "shiny.pt")
     ctl.refresh_models()
     pump_until(ctl, lambda: ctl.embedding_names() == ["shiny"])
+
+
+# --- issue 14: the gestures ComfyUI and InvokeAI users reach for -------------------------------
+
+
+def test_copy_paste_duplicate_keep_inner_links(ctl):
+    ctl.new_demo()
+    assert ctl.select_all() == set(ctl.graph.nodes)
+    ctl.selection = {"noise", "blend", "show"}
+    text = ctl.copy()
+    assert json.loads(text)["format"] == "invoke-nodes/nodes"
+    links_before = len(ctl.graph.links)
+    added = ctl.paste(text, at=(2000, 500))
+    assert len(added) == 3 and ctl.selection == set(added)
+    types = sorted(ctl.graph.nodes[n].type for n in added)
+    assert types == ["blend", "noise_image", "show_image"]
+    inner = [l for l in ctl.graph.links if l.from_node in added and l.to_node in added]
+    assert len(inner) == 2 and len(ctl.graph.links) == links_before + 2  # links from outside are not copied
+    assert min(ctl.position(n)[0] for n in added) == 2000 and min(ctl.position(n)[1] for n in added) == 500
+    noise_copy = next(n for n in added if ctl.graph.nodes[n].type == "noise_image")
+    assert ctl.value(noise_copy, "seed") == ctl.value("noise", "seed") == 1234
+    assert ctl.undo() and not set(added) & set(ctl.graph.nodes)  # one undo step
+    dup = ctl.duplicate(["blend"])
+    assert len(dup) == 1 and ctl.position(dup[0]) == [ctl.position("blend")[0] + 40, ctl.position("blend")[1] + 40]
+    assert ctl.paste("not json") == [] and "clipboard" in ctl.message
+
+
+def test_paste_into_another_window(ctl, invoker):
+    """Two windows of the app share nodes through the system clipboard as JSON text."""
+    ctl.new_demo()
+    text = ctl.copy(["size", "noise"])
+    other = CanvasController(invoker)
+    try:
+        added = other.paste(text, at=(0, 0))
+        assert len(added) == 2 and len(other.graph.links) == 1
+    finally:
+        other.close()
+
+
+def test_new_nodes_land_on_free_space(ctl):
+    ctl.new_demo()
+    x, y = ctl.position("blend")
+    node_id = ctl.add_node("blend", (x + 5, y + 5), place=True)
+    from app.canvas.controller import overlaps
+
+    mine = ctl.node_rect(node_id)
+    assert not any(overlaps(mine, ctl.node_rect(n)) for n in ctl.graph.nodes if n != node_id)
+
+
+def test_auto_layout_never_overlaps(ctl):
+    """A PNG without positions (or from an older version) is laid out with no node over another."""
+    ctl.new_demo()
+    for _ in range(4):
+        ctl.add_node("txt2img")
+    from app.canvas.controller import estimate_size, overlaps
+
+    layout = auto_layout(ctl.graph, ctl.graph.order)
+    rects = {n: (*layout[n], *estimate_size(ctl.node_class(n))) for n in ctl.graph.order}
+    for a in rects:
+        for b in rects:
+            assert a == b or not overlaps(rects[a], rects[b]), (a, b)
+
+
+def test_png_keeps_node_positions(ctl, tmp_path):
+    ctl.new_demo()
+    ctl.move({"show": (1234, 321)})
+    run_to_end(ctl)
+    name = ctl.status["show"].image_name
+    assert ctl.open(ctl.invoker.images.path(name))
+    assert ctl.position("show") == [1234, 321] and ctl.position("noise") == [235, 10]
+
+
+def test_open_messages_name_the_file_once(ctl, tmp_path):
+    assert not ctl.open(tmp_path / "missing.json")
+    assert ctl.message.count("missing.json") == 1 and "no such file" in ctl.message
+    assert not ctl.open(tmp_path / "missing.png") and "not an image" not in ctl.message
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert not ctl.open(tmp_path / "bad.png") and ctl.message.count("bad.png") == 1
+
+
+def test_model_inputs_start_with_the_first_model(ctl, invoker):
+    header = json.dumps({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                         {"dtype": "F16", "shape": [320, 768], "data_offsets": [0, 0]}}).encode()
+    (invoker.settings.models_dir / "sd15.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    ctl.model_choices("main")
+    pump_until(ctl, lambda: ctl.model_choices("main") != [])
+    node_id = ctl.add_node("txt2img")
+    assert ctl.value(node_id, "model") == "sd15"
+
+
+def test_link_drop_search_and_add_linked(ctl):
+    ctl.new_demo()
+    types = ctl.compatible_types("noise", "image")
+    assert {"resize", "blend", "show_image", "reroute", "upscale"} <= types and "integer" not in types
+    assert ctl.palette("", types) and all(e["type"] in types for g in ctl.palette("", types).values() for e in g)
+    node_id = ctl.add_linked("resize", (900, 400), "noise", "image")
+    assert any(l.from_node == "noise" and l.to_node == node_id and l.to_field == "image" for l in ctl.graph.links)
+    # from an input: a node with a compatible output feeds it
+    assert "integer" in ctl.compatible_types("noise", "width", output=False)
+    source = ctl.add_linked("integer", (0, 400), "noise", "height", output=False)
+    assert any(l.from_node == source and l.to_node == "noise" and l.to_field == "height" for l in ctl.graph.links)
+
+
+def test_reroute_passes_types_through_and_insert_on_link(ctl):
+    ctl.new_demo()
+    link = next(l for l in ctl.graph.links if l.to_node == "show")
+    reroute = ctl.insert_reroute(link, (900, 300))
+    assert link not in ctl.graph.links
+    assert ctl.graph.output_tag(reroute, "value") == "image"  # narrowed from its input
+    assert {(l.from_node, l.to_node) for l in ctl.graph.links} >= {("blend", reroute), (reroute, "show")}
+    run_to_end(ctl)
+    assert ctl.status["show"].state == "completed" and ctl.status["show"].image_name
+    assert ctl.undo() and link in ctl.graph.links and reroute not in ctl.graph.nodes  # one undo step
+    note = ctl.add_node("note", (0, 600), {"text": "try a higher alpha"})
+    assert ctl.value(note, "text") == "try a higher alpha" and not ctl.outputs(note)
+
+
+def test_groups_move_their_nodes(ctl):
+    ctl.new_demo()
+    index = ctl.add_group(["noise", "color"], "inputs")
+    group = ctl.groups[index]
+    assert group["title"] == "inputs" and set(ctl.group_members(index)) == {"noise", "color"}
+    before = {n: ctl.position(n) for n in ctl.graph.nodes}
+    rect = list(group["rect"])
+    assert ctl.move_group(index, 100, 50)
+    assert ctl.position("noise") == [before["noise"][0] + 100, before["noise"][1] + 50]
+    assert ctl.position("blend") == before["blend"] and ctl.groups[index]["rect"][:2] == [rect[0] + 100, rect[1] + 50]
+    assert ctl.undo() and ctl.position("noise") == before["noise"] and ctl.groups[index]["rect"] == rect
+    ctl.set_group(index, collapsed=True, colour=(200, 90, 90))
+    assert ctl.hidden_nodes() == {"noise", "color"} and ctl.groups[index]["colour"] == [200, 90, 90]
+    x, y, w, h = ctl.groups[index]["rect"]
+    assert ctl.group_at((x + 5, y + 5)) == index and ctl.group_at((x + 5, y + h - 2)) is None
+    ctl.delete_group(index)
+    assert not ctl.groups and ctl.hidden_nodes() == set()
+
+
+def test_run_to_here_runs_only_what_the_node_needs(ctl):
+    ctl.new_demo()
+    assert ctl.ancestors(["noise"]) == {"noise", "size"}
+    assert ctl.run_to_here(["noise"])
+    pump_until(ctl, lambda: not ctl.is_running)
+    states = {n: ctl.status[n].state for n in ctl.graph.nodes}
+    assert states["noise"] == "completed" and states["size"] == "completed"
+    assert states["blend"] == IDLE and states["show"] == IDLE and states["color"] == IDLE
+    assert ctl.message.startswith("Finished")
+
+
+def test_run_n_times_queues_runs_with_new_seeds(ctl):
+    ctl.new_demo()
+    assert ctl.run(times=3)
+    assert [e.label for e in ctl.queue] == ["run 1/3", "run 2/3", "run 3/3"]
+    pump_until(ctl, lambda: not ctl.is_running, timeout=60)
+    assert [e.state for e in ctl.queue] == ["completed"] * 3 and all(e.seconds is not None for e in ctl.queue)
+    seeds = {ctl.invoker.get_session(e.session_id).graph.nodes["noise"].values["seed"] for e in ctl.queue}
+    assert len(seeds) == 3
+    images = [g.image_name for g in ctl.gallery]
+    assert len(images) >= 3 and len(set(images)) == len(images)  # newest first, no repeats
+    assert ctl.gallery[0].made >= ctl.gallery[-1].made
+    assert ctl.image_path(images[0]).is_file()
+    node_id = ctl.add_image_node(images[0], (0, 900))
+    assert ctl.graph.nodes[node_id].type == "load_image" and ctl.value(node_id, "path").endswith(images[0])
+
+
+def test_queue_pause_reorder_cancel_entry(ctl, invoker):
+    ctl.new_demo()
+    ctl.pause_queue(True)
+    try:
+        assert ctl.run(times=3) and ctl.queue_paused
+        ids = [e.session_id for e in ctl.queue]
+        assert invoker.queued() == ids
+        assert ctl.move_queued(ids[2], -2)
+        assert invoker.queued() == [ids[2], ids[0], ids[1]] and [e.session_id for e in ctl.queue] == invoker.queued()
+        assert ctl.cancel(ids[0])
+        pump_until(ctl, lambda: ctl.queue[1].state == "canceled")
+    finally:
+        ctl.pause_queue(False)
+    pump_until(ctl, lambda: not ctl.is_running, timeout=60)
+    assert [e.state for e in ctl.queue] == ["completed", "canceled", "completed"]
+
+
+def test_bypass_passes_the_input_through(ctl):
+    ctl.new_demo()
+    run_to_end(ctl)
+    blend_image = ctl.status["blend"].image_name
+    assert ctl.set_bypass(["blend"], True) and ctl.bypassed("blend")
+    run_to_end(ctl)
+    session = ctl.session
+    noise_image = session.outputs("noise")[0]["image"]["image_name"]
+    assert session.outputs("blend")[0]["image"]["image_name"] == noise_image != blend_image  # the base passed on
+    assert session.outputs("show")[0]["image"]["image_name"] == noise_image
+    assert ctl.undo() and not ctl.bypassed("blend")
+
+
+def test_last_error_clears_and_counts_failed_apart_from_skipped(ctl):
+    bad = ctl.add_node("resize")  # its image input is not linked: fails
+    show = ctl.add_node("show_image")
+    assert ctl.connect(bad, "image", show, "image")
+    run_to_end(ctl)
+    assert ctl.message.endswith("1 node(s) failed, 1 skipped") and ctl.last_error
+    ctl.delete([bad, show])
+    ctl.add_node("integer")
+    run_to_end(ctl)
+    assert ctl.last_error is None and not ctl.message_is_error
+
+
+def test_cancel_is_no_error(ctl):
+    ctl.new_demo()
+    from services.engine.events import NODE_FAILED, Event
+
+    ctl.follow(ctl.session.id)
+    ctl.invoker.services.events.emit(Event(NODE_FAILED, ctl.session.id, "blend", {"state": "canceled", "error": "canceled"}))
+    ctl.pump()
+    assert ctl.status["blend"].state == "canceled" and ctl.status["blend"].error is None and ctl.last_error is None
+
+
+def test_last_workflow_restored(ctl, invoker):
+    ctl.new_demo()
+    assert not CanvasController(invoker).restore_last_workflow()  # the very first start: the demo
+    ctl.set_value("noise", "scale", 7)
+    ctl.save_last_workflow()
+    again = CanvasController(invoker)
+    try:
+        assert again.restore_last_workflow() and again.value("noise", "scale") == 7
+        assert again.position("show") == ctl.position("show") and "Restored" in again.message
+    finally:
+        again.close()
+
+
+def test_viewport_zoom_about_the_cursor_and_fit():
+    from app.canvas.controller import Viewport
+
+    view = Viewport()
+    cursor = (400.0, 300.0)
+    model_under_cursor = view.to_model(cursor)
+    assert view.step(-2, cursor) and view.zoom == 0.65
+    assert view.to_grid(model_under_cursor) == pytest.approx(list(cursor))  # the point under the cursor stays
+    assert view.to_model(view.to_grid((123, 456))) == pytest.approx([123, 456])
+    for _ in range(10):
+        view.step(-1, cursor)
+    assert view.zoom == 0.25 and view.collapsed and not view.step(-1, cursor)
+    view.fit([(0, 0, 200, 100), (3000, 1000, 200, 300)], (0, 0, 1000, 600))
+    corners = [view.to_grid((0, 0)), view.to_grid((3200, 1300))]
+    assert all(0 <= x <= 1000 and 0 <= y <= 600 for x, y in corners)
+    view.fit([(0, 0, 100, 100)], (0, 0, 1000, 600))
+    assert view.zoom == 1.0  # a small graph is not blown up

@@ -145,7 +145,7 @@ def test_a_quoted_pipe_is_a_value(shell):
      "error: blend --link: link from unknown node '9' (links run from existing nodes)"),
     ("noise_image | blend --link -1 pixels base",
      "error: blend --link: link from node '2' (noise_image): it has no output 'pixels' (outputs are: image, width, height)"),
-    ("integer | resize --link -1 value image", "error: resize --link: cannot link int output '2.value' into a image input"),
+    ("integer | resize --link -1 value image", "error: resize --link: cannot link int output '2.value' into an image input"),
     ("noise_image | blend --link -3 image base", "error: blend --link: history link -3 reaches before the first node"),
     ("noise_image | blend --link -1 image", "error: blend --link: takes three values: FROM_NODE FROM_FIELD TO_FIELD"),
     ("integer | resize", "error: resize --image: required input has neither a value nor a link"),

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodes.base import STORED_TAGS, BaseInvocation, CanceledError, NodeInputError
+from nodes.base import STORED_TAGS, BaseInvocation, CanceledError, NodeInputError, is_compatible
 
 from services.engine.cache import cache_key
 from services.logfile import failure_line
@@ -91,8 +91,8 @@ class SessionRun:
         if self.listening():
             self.events.emit(Event(kind, self.session.id, node_id, data))
 
-    def run(self, run_all: bool = True) -> bool:
-        """Returns False when canceled."""
+    def run(self, run_all: bool = True, only: frozenset[str] | None = None) -> bool:
+        """Returns False when canceled.  `only`: run just these nodes (the others are left as they are)."""
         session, graph = self.session, self.session.graph
         mark_stale(self.services, session)  # images deleted since the last run: redo what made them
         position = 0
@@ -100,7 +100,7 @@ class SessionRun:
         while position < len(graph.order):  # the graph may grow while it runs
             node_id = graph.order[position]
             position += 1
-            if session.node_state(node_id) in DONE_STATES:
+            if session.node_state(node_id) in DONE_STATES or (only is not None and node_id not in only):
                 continue
             if self.cancel.is_set():
                 break
@@ -116,7 +116,7 @@ class SessionRun:
         canceled = self.cancel.is_set()
         if canceled:
             self.emit(SESSION_CANCELED)
-        elif run_all or session.is_complete():
+        elif run_all or only is not None or session.is_complete():
             self.emit(SESSION_COMPLETED, errors=session.errors(), complete=session.is_complete())
         return not canceled
 
@@ -162,6 +162,8 @@ class SessionRun:
         cls = node.cls
         values = {**node.values, **linked}
         started = time.perf_counter()
+        if node.id in self.session.ui.get("bypass", ()):
+            return [NodeResult(node.id, COMPLETED, index, self._passed_through(node, linked), seconds=0.0)]
         try:
             invocation = cls.model_validate(values | {"id": node.id})
         except ValidationError as exc:
@@ -178,7 +180,7 @@ class SessionRun:
                         for i, out in enumerate(cached)]
         if self.listening():
             self.emit(NODE_STARTED, node.id, index=index)
-        call = NodeCall(invocation, self.session.id, node.id, index, self.session.graph.to_dict)
+        call = NodeCall(invocation, self.session.id, node.id, index, self._embedded_graph)
         try:
             outputs = self.services.executor.execute(call, functools.partial(self._progress, node.id, index), self.cancel)
         except CanceledError:
@@ -200,6 +202,25 @@ class SessionRun:
     def _unexpected(self, node: GraphNode, exc: Exception) -> str:
         log.warning("node %s (%s) failed", node.id, node.type, exc_info=exc)
         return failure_line(node.id, node.type, exc, self.services.settings.data_dir)
+
+    @staticmethod
+    def _passed_through(node: GraphNode, linked: dict[str, Any]) -> dict[str, Any]:
+        """A bypassed node's outputs: each takes the first linked input of a compatible type
+        (an image node hands its input image on); an output with none is None."""
+        inputs = node.cls.inputs()
+        outputs: dict[str, Any] = {}
+        for name, port in node.cls.outputs().items():
+            outputs[name] = next((value for field, value in linked.items()
+                                  if field in inputs and is_compatible(inputs[field].tag, port.tag)), None)
+        return outputs
+
+    def _embedded_graph(self) -> dict[str, Any]:
+        """The graph images carry in their PNG, with the node positions (reopening it keeps the layout)."""
+        data = self.session.graph.to_dict()
+        positions = self.session.ui.get("positions")
+        if positions:
+            data["ui"] = {"positions": positions}
+        return data
 
     @staticmethod
     def _item_index(node: GraphNode, index: Index, item: int) -> Index:

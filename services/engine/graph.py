@@ -270,7 +270,7 @@ class Graph:
         if not is_compatible(source_tag, target_tag):
             item = list_item_tag(target_tag)
             hint = " (gather single values into a list with a collect node)" if item and is_compatible(source_tag, item) else ""
-            raise GraphError(f"cannot link {source_tag} output '{link.from_node}.{link.from_field}' into a {target_tag} input{hint}",
+            raise GraphError(f"cannot link {source_tag} output '{link.from_node}.{link.from_field}' into {_article(target_tag)} {target_tag} input{hint}",
                              link.to_node, cls.node_type, link.to_field)
         if link.to_field in seen and not port.collect:
             raise GraphError("input already has a link", link.to_node, cls.node_type, link.to_field)
@@ -435,3 +435,8 @@ def _topological_order(nodes: Mapping[str, Any], links: list[Link]) -> list[str]
         cycle = sorted(n for n, c in pending.items() if c > 0)
         raise GraphError(f"links form a cycle through nodes {', '.join(cycle)}", cycle[0])
     return order
+
+
+def _article(word: str) -> str:
+    """"a" or "an" before a type name ("an int input", "a float input")."""
+    return "an" if word[:1].lower() in "aeiou" else "a"

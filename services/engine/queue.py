@@ -11,6 +11,7 @@ from dataclasses import dataclass
 class Job:
     session_id: str
     run_all: bool = True
+    only: frozenset[str] | None = None  # run just these nodes ("run to here": a node and what it needs)
 
 
 class InvocationQueue(ABC):
@@ -27,6 +28,14 @@ class InvocationQueue(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def jobs(self) -> list[Job]:
+        """The waiting jobs, next first."""
+        return []
+
+    def move(self, session_id: str, delta: int) -> bool:
+        """Move a session's waiting job `delta` places (negative: sooner); False when it cannot."""
+        return False
 
     @property
     @abstractmethod
@@ -63,6 +72,23 @@ class MemoryInvocationQueue(InvocationQueue):
     def pending(self, session_id: str) -> bool:
         with self._cond:
             return any(j.session_id == session_id for j in self._jobs)
+
+    def jobs(self) -> list[Job]:
+        with self._cond:
+            return list(self._jobs)
+
+    def move(self, session_id: str, delta: int) -> bool:
+        with self._cond:
+            jobs = list(self._jobs)
+            index = next((i for i, j in enumerate(jobs) if j.session_id == session_id), None)
+            if index is None:
+                return False
+            target = max(0, min(len(jobs) - 1, index + delta))
+            if target == index:
+                return False
+            jobs.insert(target, jobs.pop(index))
+            self._jobs = deque(jobs)
+            return True
 
     @property
     def closed(self) -> bool:

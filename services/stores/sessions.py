@@ -101,12 +101,15 @@ def read_session_file(path: str | Path) -> Session:
             embedded = read_embedded(path)
             if not embedded or not isinstance(embedded.get("graph"), dict):
                 raise SessionFileError(f"{path}: this PNG carries no invoke-nodes graph")
-            return Session(Graph.from_dict(embedded["graph"]), change=f"from image {path.name}")
+            ui = embedded["graph"].get("ui")  # node positions, in PNGs made since they are embedded
+            ui = {"positions": dict(ui["positions"])} if isinstance(ui, dict) and isinstance(ui.get("positions"), dict) else {}
+            return Session(Graph.from_dict(embedded["graph"]), change=f"from image {path.name}", ui=ui)
         return Session.from_json(path.read_bytes())
     except (SessionFormatError, GraphError, ValueError) as exc:  # UntrustedInputError is a ValueError
         if isinstance(exc, SessionFileError):
             raise
-        raise SessionFileError(f"{path}: {exc}") from None
+        text = str(exc)  # some readers already name the file: name it once
+        raise SessionFileError(text if text.startswith(str(path)) else f"{path}: {text}") from None
     except OSError as exc:
         raise SessionFileError(f"{path}: {exc.strerror or exc}") from None
 
