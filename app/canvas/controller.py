@@ -1210,6 +1210,6 @@ class Viewport:
         vx0, vy0, vx1, vy1 = visible
         room_w, room_h = max(1.0, vx1 - vx0 - 2 * margin), max(1.0, vy1 - vy0 - 2 * margin)
         zoom = min(1.0, room_w / max(1.0, x1 - x0), room_h / max(1.0, y1 - y0))
-        self.zoom = max(self.LEVELS[0], zoom)
+        self.zoom = max([level for level in self.LEVELS if level <= zoom] or [self.LEVELS[0]])  # a level: it has a font
         cx, cy = (vx0 + vx1) / 2, (vy0 + vy1) / 2
         self.offset = (cx - (x0 + x1) / 2 * self.zoom, cy - (y0 + y1) / 2 * self.zoom)
