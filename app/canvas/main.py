@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if view.found is None:
             recovery.discard()  # a clean quit leaves nothing to recover (an unanswered offer stays)
     finally:
+        controller.save_last_workflow()  # opens again on the next start
         view.destroy()
         controller.close()
         invoker.shutdown()
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def open_window(args: argparse.Namespace) -> tuple[Invoker, CanvasController, CanvasView, Recovery]:
     """(invoker, controller, view, recovery) with the window up, as the app starts (the window
-    tests start the same way): the file or the demo graph, then the offer to restore what a
-    crashed canvas left unsaved."""
+    tests start the same way): the file, else the last workflow, else the demo graph; then the
+    offer to restore what a crashed canvas left unsaved (it takes precedence when accepted)."""
     # imported only now: the engine and Dear PyGui are not needed to print a display problem
     from services.container import WORKER, Services
     from services.invoker import Invoker
@@ -72,11 +73,7 @@ def open_window(args: argparse.Namespace) -> tuple[Invoker, CanvasController, Ca
     controller = CanvasController(invoker)
     recovery = Recovery(controller.settings.data_dir / "recovery")
     found = recovery.find()  # read before anything here can change it
-    if not (args.file and controller.open(args.file)):
-        opened_error = controller.message if args.file else None
-        controller.new_demo()
-        if opened_error:
-            controller.report_error(opened_error)
+    open_start(controller, args.file)
     recovery.attach(controller)
     width, height = (int(v) for v in args.size.lower().split("x"))
     view = CanvasView(controller, width=width, height=height, recovery=recovery)
@@ -84,6 +81,18 @@ def open_window(args: argparse.Namespace) -> tuple[Invoker, CanvasController, Ca
     if found is not None:
         view.offer_restore(found)
     return invoker, controller, view, recovery
+
+
+def open_start(controller: "CanvasController", file: str | None) -> None:
+    """What the window shows first: the file asked for; else the last workflow (as it was on
+    quit); the demo graph only on the very first start (or when the file cannot be opened)."""
+    if file and controller.open(file):
+        return
+    opened_error = controller.message if file else None
+    if file or not controller.restore_last_workflow():
+        controller.new_demo()
+    if opened_error:
+        controller.report_error(opened_error)
 
 
 if __name__ == "__main__":

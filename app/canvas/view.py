@@ -197,7 +197,7 @@ class CanvasView:
         with dpg.window(label="invoke-nodes", no_scrollbar=True) as self.window:
             self._build_menu()
             with dpg.group(horizontal=True):
-                self.run_button = dpg.add_button(label="Run  (Ctrl+Enter)", callback=lambda: self.run())
+                self.run_button = dpg.add_button(label="Run  (Ctrl+Enter)", callback=lambda: self.run_graph())
                 dpg.add_text("x")
                 self.run_count = dpg.add_input_int(default_value=1, min_value=1, max_value=100, min_clamped=True,
                                                    max_clamped=True, width=80)
@@ -272,7 +272,7 @@ class CanvasView:
                 dpg.add_menu_item(label="Queue", callback=lambda: self.toggle(self.queue_window))
                 dpg.add_menu_item(label="Gallery", callback=lambda: self.toggle(self.gallery_window))
             with dpg.menu(label="Run"):
-                dpg.add_menu_item(label="Run  (Ctrl+Enter)", callback=lambda: self.run())
+                dpg.add_menu_item(label="Run  (Ctrl+Enter)", callback=lambda: self.run_graph())
                 dpg.add_menu_item(label="Run to here  (Ctrl+Shift+Enter)", callback=lambda: self.run_to_here())
                 dpg.add_menu_item(label="Cancel  (Esc)", callback=lambda: self.c.cancel())
             self.embeddings_menu = dpg.add_menu(label="Embeddings")
@@ -889,7 +889,7 @@ class CanvasView:
     def group_selected(self) -> None:
         self.c.add_group(self.selected_nodes())
 
-    def run(self) -> None:
+    def run_graph(self) -> None:
         """Run (button, Ctrl+Enter): a value still being typed is committed first, so the run
         uses what the screen shows."""
         self._commit_all_edits()
@@ -1067,7 +1067,7 @@ class CanvasView:
             return
         ctrl = self.ctrl
         if ctrl and key in (dpg.mvKey_Return, dpg.mvKey_NumPadEnter):
-            self.run_to_here() if self.shift else self.run()
+            self.run_to_here() if self.shift else self.run_graph()
         elif key == dpg.mvKey_Escape:
             self.c.cancel()
         elif key == dpg.mvKey_F1:
