@@ -237,3 +237,7 @@ def serve(conn: Any, settings: Settings, parent_pid: int) -> None:
     state = WorkerState(conn, settings)
     threading.Thread(target=state.read, name="pipe-reader", daemon=True).start()
     state.serve()
+    # Asked to stop: nothing is left to send, and the interpreter's teardown (torch's threads and
+    # modules) would keep the user waiting seconds on quit.
+    logging.shutdown()
+    os._exit(0)
