@@ -105,6 +105,8 @@ def test_menus_progress_cancel_viewer_prompt(xdisplay, tmp_path):
     assert report["add_menu_shown"] and report["menu_added"] == "float"
     assert report["menu_node_offset"] <= 40  # the node lands where the right-click was
     assert report["node_menu_shown"] and report["context_deleted"]
+    assert "Open image" not in report["node_menu_entries"]  # a float node has no image to open
+    assert {"Run to here  (Ctrl+Shift+Enter)", "Duplicate  (Ctrl+D)", "Bypass  (Ctrl+B)"} <= set(report["node_menu_entries"])
     assert report["progress_shown"] and 0 < report["progress_value"] < 1
     assert report["after_esc"] == "canceled" and report["message"] == "Canceled"
     # the saved PNG carries the graph that made it (the first run's, so with the slow node too)
@@ -222,6 +224,57 @@ def test_a_killed_canvas_offers_its_unsaved_edits_at_the_next_start(xdisplay, tm
     assert report["restored"] == edited["graph"] and report["dirty"]
     assert report["undone"] == edited["before_link"]  # Ctrl+Z: the undo history came back too
     assert report["prompt_on_quit"] and report["stopped"] and not report["recovery_left"]  # Discard + quit: nothing left
+
+
+def test_editing_gestures(xdisplay, tmp_path):
+    """Issue 14: clipboard, quick undo, zoom, fit, palette drag, link-drop search, link menu,
+    reroute, group, bypass, F1, all with xdotool."""
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool not found: apt-get install -y xdotool")
+    report = scenario("editing", xdisplay, tmp_path)
+    demo = ["blend", "color", "noise", "show", "size"]
+    assert report["selected_all"] == demo and report["clipboard_format"] == "invoke-nodes/nodes"
+    assert report["after_paste"] == 10 and report["pasted_links"] == 10 and report["after_undo"] == 5
+    assert max(abs(a - b) for a, b in zip(report["pasted_at"], report["mouse_model"])) < 2  # under the mouse
+    assert report["duplicated"] == ["blend"]
+    assert report["after_quick_undos"] == [960, 60]  # all three undone
+    assert report["zoom_out"] == 0.65 and report["width_ratio"] < 0.85 and report["cursor_drift"] < 3
+    assert report["collapsed"]
+    assert report["fit_inside"] and report["fit_zoom"] < 1
+    assert report["palette_drop"] == ["integer"] and report["drop_offset"] < 30
+    assert report["link_search_shown"] and "resize" in report["link_search_types"]
+    assert "integer" not in report["link_search_types"] and "float" not in report["link_search_types"]
+    assert report["linked_from_drop"]
+    assert report["link_menu_shown"] and report["reroute_links"] == sorted([["blend", report["reroute"]], [report["reroute"], "show"]])
+    assert report["groups"] == 1 and report["group_moved"][0] == report["group_moved"][1] != [0, 0]
+    assert report["group_moved"][2] == [0, 0]  # blend is not in the group
+    assert report["bypassed"] and report["help_shown"]
+
+
+def test_queue_gallery_run_to_here(xdisplay, tmp_path):
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool not found: apt-get install -y xdotool")
+    report = scenario("queue_gallery", xdisplay, tmp_path)
+    assert report["still_typing"] and report["ran_with"] == 0.25  # Ctrl+Enter committed the typed value first
+    assert report["queued"][-3:] == ["run 1/3", "run 2/3", "run 3/3"]
+    assert report["queue_states"] == ["completed"] * 4 and len(report["seeds"]) == 3
+    assert report["gallery_images"] >= 4
+    assert report["gallery_drop"] and report["gallery_drop"][0][0] == "load_image"
+    assert report["gallery_drop"][0][1].endswith(report["first_image"])
+    states = report["run_to_here"]
+    assert states["noise"] == "completed" and states["blend"] == "idle" and states["show"] == "idle"
+    minimap = region(tmp_path / "minimap.png", [report["minimap_rect"][:2], report["minimap_rect"][2:]])
+    thumb = region(tmp_path / "minimap.png", report["thumb_rect"])
+    assert len(thumb.getcolors(maxcolors=1 << 16) or range(300)) > 200  # the thumbnail is noise
+    assert len(minimap.getcolors(maxcolors=1 << 16) or range(300)) < 100  # the minimap (greys) is not covered by it
+
+
+def test_unsaved_edits_survive_a_canceled_open(xdisplay, tmp_path):
+    report = scenario("unsaved", xdisplay, tmp_path)
+    assert report["prompt"] and report["dialog"]
+    assert report["dirty_after_cancel"] and "*" in report["status"] and report["alpha"] == 0.3
+    assert report["quit_asks"] and report["stopped"]
+    assert report["first_filter"] == ".*"
 
 
 def test_without_display_prints_reason(tmp_path):
@@ -444,7 +497,9 @@ def scenario_more(d: Driver) -> dict:
     d.xdo("mousemove", str(int(nx) + 20), str(int(ny) + 5))
     d.xdo("click", "3", frames=6)
     report["node_menu_shown"] = dpg.is_item_shown(view.node_menu) and view.context_node == node_id
-    delete_item = dpg.get_item_children(view.node_menu, 1)[0]
+    entries = {dpg.get_item_configuration(i)["label"]: i for i in dpg.get_item_children(view.node_menu, 1)}
+    report["node_menu_entries"] = sorted(entries)
+    delete_item = entries["Delete  (Del)"]
     x, y = d.center(delete_item)
     d.xdo("mousemove", str(x), str(y))
     d.xdo("click", "1", frames=6)
@@ -609,6 +664,218 @@ def scenario_recovery_edit(d: Driver) -> dict:
         d.frames(1)
 
 
+# --- issue 14: the gestures ComfyUI and InvokeAI users reach for ---------------------------------
+
+
+def _entry(d: Driver, parent, user_data):
+    return next(i for i in _walk(d.dpg, parent) if d.dpg.get_item_user_data(i) == user_data)
+
+
+def _model_at(d: Driver, point) -> list[float]:
+    return d.view.vp.to_model(d.view.to_editor(point))
+
+
+def scenario_editing(d: Driver) -> dict:
+    dpg, c, view, report = d.dpg, d.c, d.view, {}
+    x0, y0, x1, y1 = view.editor_area()
+    empty = (int(x0) + 80, int(y1) - 60)  # bottom left of the canvas: no node there
+    d.xdo("mousemove", *map(str, empty))
+    # Ctrl+A, Ctrl+C, Ctrl+V (under the mouse), Ctrl+Z
+    d.xdo("key", "ctrl+a")
+    report["selected_all"] = sorted(c.selection)
+    d.xdo("key", "ctrl+c")
+    report["clipboard_format"] = json.loads(view.read_clipboard()).get("format")
+    d.xdo("key", "ctrl+v", frames=6)
+    report["after_paste"] = len(c.graph.nodes)
+    report["pasted_links"] = len(c.graph.links)
+    pasted = sorted(c.selection)
+    report["pasted_at"] = [min(c.position(n)[0] for n in pasted), min(c.position(n)[1] for n in pasted)]
+    report["mouse_model"] = _model_at(d, empty)
+    d.xdo("key", "ctrl+z", frames=4)
+    report["after_undo"] = len(c.graph.nodes)
+    # click one node, Ctrl+D
+    bx, by = dpg.get_item_rect_min(view.nodes["blend"].node)
+    d.xdo("mousemove", str(int(bx) + 30), str(int(by) - 5))
+    d.xdo("click", "1", frames=4)
+    d.xdo("key", "ctrl+d", frames=6)
+    dup = [n for n in c.graph.nodes if n not in ("size", "noise", "color", "blend", "show")]
+    report["duplicated"] = [c.graph.nodes[n].type for n in dup]
+    d.xdo("key", "ctrl+z", frames=4)
+    # quick Ctrl+Z presses are all taken (Ctrl tracked in order with the keys)
+    for x in (100, 200, 300):
+        c.move({"show": (900 + x, 60)})
+    d.frames(2)
+    d.xdo("key", "--delay", "5", "ctrl+z", "ctrl+z", "ctrl+z", frames=8)
+    report["after_quick_undos"] = c.position("show")
+    # Ctrl+wheel zooms about the mouse; nodes shrink with their font
+    cursor = d.center(view.nodes["noise"].node)
+    width_before = dpg.get_item_rect_size(view.nodes["noise"].node)[0]
+    model_before = _model_at(d, cursor)
+    d.xdo("mousemove", *map(str, cursor))
+    d.xdo("keydown", "ctrl", frames=2)
+    for _ in range(2):
+        d.xdo("click", "5", frames=3)  # wheel down: zoom out
+    d.xdo("keyup", "ctrl", frames=4)
+    report["zoom_out"] = view.vp.zoom
+    report["width_ratio"] = dpg.get_item_rect_size(view.nodes["noise"].node)[0] / width_before
+    report["cursor_drift"] = max(abs(a - b) for a, b in zip(_model_at(d, cursor), model_before))
+    d.screenshot("zoomed_out.png")
+    d.xdo("keydown", "ctrl", frames=2)
+    for _ in range(4):
+        d.xdo("click", "5", frames=3)
+    d.xdo("keyup", "ctrl", frames=4)
+    report["collapsed"] = view.vp.collapsed and not dpg.is_item_shown(view.nodes["blend"].inputs["alpha"].widget)
+    d.screenshot("collapsed.png")
+    # F: fit the graph in view
+    c.move({"show": (2600, 1400)})
+    d.frames(3)
+    d.xdo("mousemove", *map(str, empty))
+    d.xdo("key", "f", frames=6)
+    rects = [(dpg.get_item_rect_min(i.node), dpg.get_item_rect_max(i.node)) for i in view.nodes.values()]
+    report["fit_inside"] = all(x0 - 10 <= a[0] and b[0] <= x1 + 10 and y0 - 10 <= a[1] and b[1] <= y1 + 10 for a, b in rects)
+    report["fit_zoom"] = view.vp.zoom
+    d.screenshot("fit.png")
+    c.move({"show": (960, 60)})
+    view.vp.set_zoom(1.0, (0, 0))
+    view.vp.offset = (0.0, 0.0)
+    view._apply_zoom()
+    d.frames(4)
+    # palette drag: the node lands under the mouse
+    dpg.set_value(view.search, "integer")
+    view._fill_palette()
+    d.frames(3)
+    before = set(c.graph.nodes)
+    target = (int(x0) + 150, int(y1) - 120)
+    d.drag(d.center(_entry(d, view.palette_list, "integer")), target)
+    added = set(c.graph.nodes) - before
+    report["palette_drop"] = [c.graph.nodes[n].type for n in added]
+    if added:
+        node = added.pop()
+        report["drop_offset"] = max(abs(a - b) for a, b in zip(c.position(node), _model_at(d, target)))
+        c.delete([node])
+        d.frames(3)
+    # a link dropped on empty canvas opens the search with compatible nodes; the pick comes linked
+    start = d.pin("noise", "image", True)
+    drop = (int(x1) - 420, int(y1) - 80)
+    d.drag(start, drop)
+    d.frames(4)
+    report["link_search_shown"] = dpg.is_item_shown(view.add_menu)
+    listed = {dpg.get_item_user_data(i) for i in _walk(dpg, view.add_list) if dpg.get_item_user_data(i)}
+    report["link_search_types"] = sorted(listed)
+    d.screenshot("link_search.png")
+    before = set(c.graph.nodes)
+    x, y = d.center(_entry(d, view.add_list, "resize"))
+    d.xdo("mousemove", str(x), str(y))
+    d.xdo("click", "1", frames=6)
+    added = set(c.graph.nodes) - before
+    resize = added.pop() if added else None
+    report["linked_from_drop"] = resize is not None and any(
+        l.from_node == "noise" and l.from_field == "image" and l.to_node == resize for l in c.graph.links)
+    if resize:
+        c.delete([resize])
+        d.frames(3)
+    # right-click on a link: its menu; insert a reroute
+    a, b = d.pin("blend", "image", True), d.pin("show", "image", False)
+    middle = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
+    d.xdo("mousemove", *map(str, middle), frames=4)
+    d.xdo("click", "3", frames=6)
+    report["link_menu_shown"] = dpg.is_item_shown(view.link_menu)
+    if report["link_menu_shown"]:
+        item = next(i for i in dpg.get_item_children(view.link_menu, 1) if dpg.get_item_configuration(i)["label"] == "Insert reroute")
+        d.xdo("mousemove", *map(str, d.center(item)))
+        d.xdo("click", "1", frames=6)
+    reroutes = [n for n in c.graph.nodes if c.graph.nodes[n].type == "reroute"]
+    report["reroute_links"] = sorted((l.from_node, l.to_node) for l in c.graph.links if reroutes and reroutes[0] in (l.from_node, l.to_node))
+    report["reroute"] = reroutes[0] if reroutes else None
+    # group: select two nodes, Ctrl+G, drag the group by its title
+    d.xdo("mousemove", *map(str, empty))
+    c.move({"noise": (235, 110), "color": (455, 330)})  # room above them for the group's title
+    d.frames(3)
+    view.select({"noise", "color"})
+    d.frames(2)
+    d.xdo("key", "ctrl+g", frames=6)
+    report["groups"] = len(c.groups)
+    before = {n: c.position(n) for n in ("noise", "color", "blend")}
+    gx, gy, gw, gh = c.groups[0]["rect"]
+    title = tuple(int(v) for v in view.to_screen((gx + 40, gy + 12)))
+    d.drag(title, (title[0] + 80, title[1] + 40))
+    report["group_moved"] = [[c.position(n)[i] - before[n][i] for i in (0, 1)] for n in ("noise", "color", "blend")]
+    c.add_node("note", (20, 420), {"text": "Ctrl+G groups the selection"})
+    d.frames(4)
+    d.screenshot("group.png")
+    # Ctrl+B bypasses the selection; F1 lists the shortcuts
+    view.select({"blend"})
+    d.xdo("key", "ctrl+b", frames=6)
+    report["bypassed"] = c.bypassed("blend")
+    d.xdo("key", "F1", frames=4)
+    report["help_shown"] = dpg.is_item_shown(view.help_window)
+    d.screenshot("help.png")
+    return report
+
+
+def scenario_queue_gallery(d: Driver) -> dict:
+    dpg, c, view, report = d.dpg, d.c, d.view, {}
+    # a value still being typed is what Ctrl+Enter runs with
+    widget = view.nodes["blend"].inputs["alpha"].widget
+    x, y = d.center(widget)
+    d.xdo("mousemove", str(x - 30), str(y))
+    d.xdo("click", "--repeat", "2", "1")
+    d.xdo("key", "ctrl+a")
+    d.xdo("type", "0.25")
+    report["still_typing"] = dpg.is_item_active(widget)
+    d.xdo("key", "ctrl+Return", frames=4)
+    d.until(lambda: not c.is_running)
+    report["ran_with"] = c.invoker.get_session(c.queue[0].session_id).graph.nodes["blend"].values.get("alpha")
+    # Run x3 from the toolbar: three queue entries, three new seeds, the queue panel and the gallery
+    dpg.set_value(view.run_count, 3)
+    d.xdo("mousemove", *map(str, d.center(view.queue_button)))
+    d.xdo("click", "1", frames=4)
+    d.xdo("mousemove", *map(str, d.center(view.run_button)))
+    d.xdo("click", "1", frames=4)
+    report["queued"] = [e.label for e in c.queue]
+    d.until(lambda: not c.is_running, timeout=120)
+    d.frames(4)
+    report["queue_states"] = [e.state for e in c.queue]
+    report["seeds"] = sorted({c.invoker.get_session(e.session_id).graph.nodes["noise"].values["seed"] for e in c.queue[1:]})
+    d.screenshot("queue.png")
+    d.xdo("mousemove", *map(str, d.center(view.queue_button)))
+    d.xdo("click", "1", frames=4)
+    d.xdo("mousemove", *map(str, d.center(view.gallery_button)))
+    d.xdo("click", "1", frames=6)
+    report["gallery_images"] = len(view.gallery_buttons)
+    d.screenshot("gallery.png")
+    # drag an image from the gallery onto the canvas: a load_image node reading it
+    first = c.gallery[0].image_name
+    x0, y0, x1, y1 = view.editor_area()
+    before = set(c.graph.nodes)
+    d.drag(d.center(view.gallery_buttons[first]), (int(x0) + 120, int(y1) - 100))
+    added = set(c.graph.nodes) - before
+    report["gallery_drop"] = [(c.graph.nodes[n].type, c.value(n, "path")) for n in added]
+    report["first_image"] = first
+    d.xdo("mousemove", *map(str, d.center(view.gallery_button)))
+    d.xdo("click", "1", frames=4)
+    # run to here: only noise and what it needs
+    c.set_value("noise", "scale", 16)
+    view.select({"noise"})
+    d.xdo("mousemove", "700", "300")
+    d.xdo("key", "ctrl+shift+Return", frames=4)
+    d.until(lambda: not c.is_running)
+    report["run_to_here"] = {n: c.status[n].state for n in ("size", "noise", "color", "blend", "show")}
+    # the minimap is drawn above the nodes: a thumbnail under it does not show through
+    c.run()
+    d.until(lambda: not c.is_running and view.nodes["show"].image is not None)
+    fx0, fy0, fx1, fy1 = view._minimap_frame()
+    show = view.nodes["show"]
+    ix0, iy0 = dpg.get_item_rect_min(show.image)
+    nx, ny = c.position("show")
+    c.move({"show": (nx + (fx0 + 20 - ix0), ny + (fy0 + 20 - iy0))})  # the thumbnail's corner under the minimap
+    d.frames(6)
+    d.screenshot("minimap.png")
+    report["minimap_rect"] = [fx0 + 30, fy0 + 30, fx1 - 10, fy1 - 10]
+    report["thumb_rect"] = [list(dpg.get_item_rect_min(show.image)), list(dpg.get_item_rect_max(show.image))]
+    return report
+
+
 def scenario_recovery_restore(d: Driver) -> dict:
     dpg, view, report = d.dpg, d.view, {}
     d.frames(3)
@@ -635,6 +902,35 @@ def scenario_recovery_restore(d: Driver) -> dict:
 
 def _button(dpg, window, label: str):
     return next(i for i in _walk(dpg, window) if dpg.get_item_label(i) == label)
+
+
+def scenario_unsaved(d: Driver) -> dict:
+    dpg, c, view, report = d.dpg, d.c, d.view, {}
+    c.set_value("blend", "alpha", 0.3)
+    d.frames(2)
+    d.xdo("mousemove", "700", "300")
+    d.xdo("key", "ctrl+o", frames=4)
+    report["prompt"] = dpg.is_item_shown(view.prompt)
+    view._prompt_discard()  # the Discard button
+    d.frames(4)
+    report["dialog"] = dpg.is_item_shown(view.file_dialog)
+    view._prompt_cancel()  # the dialog's Cancel (its cancel_callback)
+    dpg.hide_item(view.file_dialog)
+    d.frames(3)
+    report["dirty_after_cancel"] = c.dirty
+    report["status"] = dpg.get_value(view.status_text)
+    report["alpha"] = c.value("blend", "alpha")
+    view.request(view.stop)  # File > Quit
+    d.frames(3)
+    report["quit_asks"] = dpg.is_item_shown(view.prompt) and view.running
+    view._prompt_discard()
+    report["stopped"] = not view.running
+    # a typed name keeps its extension whatever filter the dialog showed last
+    view.ask_path("save", None)
+    exts = [dpg.get_item_configuration(i).get("extension") for i in dpg.get_item_children(view.file_dialog, 0)]
+    report["first_filter"] = str(exts[0]) if exts else None
+    dpg.hide_item(view.file_dialog)
+    return report
 
 
 def _register_slow_node() -> None:

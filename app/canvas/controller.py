@@ -356,6 +356,7 @@ class CanvasController:
         self.undo_stack.append(MoveStep(moves))
         self.redo_stack.clear()
         self.dirty = True
+        self.revision += 1  # a drag already shows it; a move from code (group, tests) must be drawn
         return True
 
     def undo(self) -> bool:
@@ -558,7 +559,7 @@ class CanvasController:
         try:
             node = new.add_node({"type": "reroute"}, [Link(link.from_node, link.from_field, "", "value")], strict=False)
             new.change = f"add node {node.id} (reroute)"
-            new.ui.setdefault("positions", {})[node.id] = [float(v) for v in pos]
+            new.ui.setdefault("positions", {})[node.id] = self.free_spot(pos, estimate_size(node.cls))
             current = self._register(new)
             current = self._register(current.delete_link(link))
             current = self._register(current.add_link(Link(node.id, "value", link.to_node, link.to_field)))

@@ -129,8 +129,10 @@ class CanvasView:
         self._themes: dict[Any, int] = {}
         self.vp = Viewport()  # emulated zoom: model positions -> editor grid
         self.fonts: dict[float, int] = {}
-        self.ctrl = False  # tracked from Ctrl's own press/release callbacks, in order with the other keys
+        self.ctrl = False  # tracked from Ctrl's own press/release callbacks (see _handle_keys)
         self.shift = False
+        self.key_batch: list[int] = []
+        self.modifiers_up: set[str] = set()
         self.palette_entries: list[int] = []
         self.press: tuple[str, Any] | None = None  # what a left press started on: palette entry, gallery image, pin, group title
         self.press_at = (0.0, 0.0)
@@ -146,6 +148,8 @@ class CanvasView:
         self.gallery_buttons: dict[str, int] = {}
         self.add_types: set[str] | None = None
         self.group_title_field: int | None = None
+        self.soft: set[str] = set()  # nodes selected by a gesture (Dear PyGui selects only by mouse)
+        self.own_clipboard: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -166,6 +170,8 @@ class CanvasView:
     def frame(self) -> None:
         """One turn of the render loop: gestures, engine events, redraw, present."""
         dpg.run_callbacks(dpg.get_callback_queue())
+        if self.key_batch or self.modifiers_up:
+            self._handle_keys()
         self.c.pump()
         self.refresh()
         if self.recovery is not None:
@@ -421,11 +427,30 @@ class CanvasView:
         return self._theme(("link", colour), {dpg.mvNodeCol_Link: colour, dpg.mvNodeCol_LinkHovered: bright,
                                               dpg.mvNodeCol_LinkSelected: bright})
 
-    def state_theme(self, state: str) -> int:
+    def state_theme(self, state: str, marked: bool = False) -> int:
         colour = BYPASS_COLOUR if state == "bypassed" else STATE_COLOURS.get(state, STATE_COLOURS[IDLE])
         bright = tuple(min(255, v + 35) for v in colour)
-        return self._theme(("state", state), {dpg.mvNodeCol_TitleBar: colour, dpg.mvNodeCol_TitleBarHovered: bright,
-                                              dpg.mvNodeCol_TitleBarSelected: bright})
+        colours = {dpg.mvNodeCol_TitleBar: bright if marked else colour, dpg.mvNodeCol_TitleBarHovered: bright,
+                   dpg.mvNodeCol_TitleBarSelected: bright}
+        if marked:  # selected by a gesture (see select): the frame is highlighted like a selection
+            colours[dpg.mvNodeCol_NodeOutline] = (240, 190, 70)
+            colours[dpg.mvNodeCol_NodeBackground] = (70, 70, 78)
+        return self._theme(("state", state, marked), colours)
+
+    def zoom_theme(self, zoom: float) -> int:
+        """Node padding, pins and grid scale with the zoom (the font is bound per node)."""
+        theme = self._themes.get(("zoom", zoom))
+        if theme is None:
+            with dpg.theme() as theme:
+                with dpg.theme_component(dpg.mvAll):
+                    for var, value in ((dpg.mvNodeStyleVar_NodePadding, (8 * zoom, 8 * zoom)),
+                                       (dpg.mvNodeStyleVar_GridSpacing, 24 * zoom),
+                                       (dpg.mvNodeStyleVar_PinCircleRadius, max(2.0, 4 * zoom)),
+                                       (dpg.mvNodeStyleVar_PinQuadSideLength, max(3.0, 7 * zoom))):
+                        dpg.add_theme_style(var, *value, category=dpg.mvThemeCat_Nodes) if isinstance(value, tuple) \
+                            else dpg.add_theme_style(var, value, category=dpg.mvThemeCat_Nodes)
+            self._themes[("zoom", zoom)] = theme
+        return theme
 
     def checkbox_theme(self) -> int:
         """Checkboxes on a node: a lighter box and a bright tick (the default nearly vanishes on
@@ -711,7 +736,7 @@ class CanvasView:
         dpg.configure_item(items.progress, show=running, default_value=status.fraction,
                            overlay=f"{status.step}/{status.total}" if status.total else "")
         if items.state != state:
-            dpg.bind_item_theme(items.node, self.state_theme("bypassed" if items.bypassed else state))
+            dpg.bind_item_theme(items.node, self.state_theme("bypassed" if items.bypassed else state, node_id in self.soft))
             items.state = state
         if status.thumb is not None:
             self._show_thumb(items, node_id, status.thumb)
@@ -837,23 +862,31 @@ class CanvasView:
         return [n for n in nodes if n], links
 
     def selected_nodes(self) -> list[str]:
-        return self._selected()[0]
+        """The nodes selected by mouse, else those selected by a gesture (Ctrl+A, paste, duplicate)."""
+        return self._selected()[0] or [n for n in self.c.graph.order if n in self.soft]
 
     def delete_selected(self) -> None:
         nodes, links = self._selected()
-        if self.c.delete(nodes, links):
+        if self.c.delete(nodes or self.selected_nodes(), links):
             dpg.clear_selected_nodes(self.editor)
             dpg.clear_selected_links(self.editor)
 
     def select(self, node_ids: set[str]) -> None:
-        """Select these nodes on screen (and in the controller)."""
+        """Select nodes from a gesture.  Dear PyGui cannot select nodes from code, so these are
+        marked with a highlighted frame until the next click on the canvas."""
         dpg.clear_selected_nodes(self.editor)
-        self.sync()  # pasted nodes must exist before they can be selected
-        for node_id in node_ids:
+        self.sync()  # pasted nodes must exist before they can be marked
+        self._mark(set(node_ids))
+        self.c.selection = set(node_ids)
+
+    def _mark(self, node_ids: set[str]) -> None:
+        changed = self.soft ^ node_ids
+        self.soft = node_ids
+        for node_id in changed:
             items = self.nodes.get(node_id)
             if items is not None:
-                dpg.set_value(items.node, True)  # a node's value is its selection state
-        self.c.selection = set(node_ids)
+                items.state = None  # update_status binds the theme again, marked or not
+                self.update_status(node_id)
 
     def select_all(self) -> None:
         self.select(self.c.select_all())
@@ -862,7 +895,7 @@ class CanvasView:
     def copy(self) -> None:
         text = self.c.copy(self.selected_nodes())
         if text is not None:
-            dpg.set_clipboard_text(text)
+            self.set_clipboard(text)
 
     def paste(self, at: tuple[float, float] | None = None) -> None:
         """Ctrl+V pastes under the mouse (when it is over the canvas), the menu at the right-click."""
@@ -870,9 +903,31 @@ class CanvasView:
             mouse = dpg.get_mouse_pos(local=False)
             if _inside(mouse, self.editor_area()):
                 at = self.to_editor(mouse)
-        added = self.c.paste(dpg.get_clipboard_text(), self.vp.to_model(at) if at is not None else None)
+        added = self.c.paste(self.read_clipboard(), self.vp.to_model(at) if at is not None else None)
         if added:
             self.select(set(added))
+
+    def set_clipboard(self, text: str | None) -> None:
+        if text:
+            dpg.set_clipboard_text(text)
+            self.own_clipboard = text
+
+    def read_clipboard(self) -> str | None:
+        """The clipboard's text.  Dear PyGui aborts the process when the clipboard holds no text
+        (GLFW hands it NULL), so it is asked only for what this window put there; another
+        window's copy is read with the system's clipboard tool."""
+        for command in (["xclip", "-o", "-selection", "clipboard"], ["xsel", "-ob"], ["wl-paste", "-n"], ["pbpaste"],
+                        ["powershell", "-NoProfile", "-Command", "Get-Clipboard"]):
+            if shutil.which(command[0]):
+                try:
+                    done = subprocess.run(command, capture_output=True, text=True, timeout=2)
+                except (OSError, subprocess.TimeoutExpired):
+                    continue
+                if done.returncode == 0:
+                    return done.stdout
+        if self.own_clipboard is not None:
+            return dpg.get_clipboard_text()  # ours: text is there (or another app's text replaced it)
+        return None
 
     def duplicate(self) -> None:
         added = self.c.duplicate(self.selected_nodes())
@@ -968,6 +1023,8 @@ class CanvasView:
                 moved[node_id] = pos
                 items.snapshot = (*items.snapshot[:2], pos, *items.snapshot[3:])
         self.c.selection = {dpg.get_item_user_data(n) for n in dpg.get_selected_nodes(self.editor)}
+        if self.soft and on_canvas:
+            self._mark(set())  # a click on the canvas ends a gesture's selection
         if moved:
             self.c.move(moved)
 
@@ -1016,8 +1073,8 @@ class CanvasView:
         """Is a floating window (viewer, queue, gallery, menus) over this point?"""
         for window in self.overlays:
             if dpg.does_item_exist(window) and dpg.is_item_shown(window):
-                (x, y), (w, h) = dpg.get_item_pos(window), dpg.get_item_rect_size(window)
-                if x <= point[0] <= x + w and y <= point[1] <= y + h:
+                x0, y0, x1, y1 = self._window_rect(window)
+                if x0 <= point[0] <= x1 and y0 <= point[1] <= y1:
                     return True
         return False
 
@@ -1042,6 +1099,7 @@ class CanvasView:
         self._apply_zoom()
 
     def _apply_zoom(self) -> None:
+        dpg.bind_item_theme(self.editor, self.zoom_theme(self.vp.zoom))
         for node_id in self.c.graph.order:
             if node_id in self.nodes:
                 self._sync_node(node_id)
@@ -1050,21 +1108,38 @@ class CanvasView:
 
     # --- keys ----------------------------------------------------------------------------------
 
+    # Keys arrive as queued callbacks, one batch per frame, ordered by key code rather than by
+    # time (Return comes before Ctrl).  Ctrl and Shift are tracked from their own press and release
+    # events, and the other keys are handled after the whole batch: a Ctrl pressed with them
+    # counts even when its callback comes later, and one released meanwhile still counts (a
+    # quick Ctrl+Z was lost when the state was read as the callback ran).
+
     def _on_key_release(self, sender: Any, key: int) -> None:
         if key in (dpg.mvKey_LControl, dpg.mvKey_RControl):
-            self.ctrl = False
+            self.modifiers_up.add("ctrl")
         elif key in (dpg.mvKey_LShift, dpg.mvKey_RShift):
-            self.shift = False
+            self.modifiers_up.add("shift")
 
     def _on_key(self, sender: Any, key: int) -> None:
-        """Keys arrive as queued callbacks, in the order pressed: Ctrl and Shift are tracked from
-        their own press and release, not read when the callback runs (a quick Ctrl+Z was lost)."""
         if key in (dpg.mvKey_LControl, dpg.mvKey_RControl):
             self.ctrl = True
-            return
-        if key in (dpg.mvKey_LShift, dpg.mvKey_RShift):
+        elif key in (dpg.mvKey_LShift, dpg.mvKey_RShift):
             self.shift = True
-            return
+        else:
+            self.key_batch.append(key)
+
+    def _handle_keys(self) -> None:
+        """After a frame's callbacks: the keys pressed, with the modifiers held with them."""
+        keys, self.key_batch = self.key_batch, []
+        for key in keys:
+            self._handle_key(key)
+        if "ctrl" in self.modifiers_up:
+            self.ctrl = False
+        if "shift" in self.modifiers_up:
+            self.shift = False
+        self.modifiers_up.clear()
+
+    def _handle_key(self, key: int) -> None:
         ctrl = self.ctrl
         if ctrl and key in (dpg.mvKey_Return, dpg.mvKey_NumPadEnter):
             self.run_to_here() if self.shift else self.run_graph()
@@ -1142,7 +1217,7 @@ class CanvasView:
             entries.append(("Open image", lambda: self.open_viewer(node_id)))
         entries += [("Run to here  (Ctrl+Shift+Enter)", lambda: self.c.run_to_here(self.selected_nodes() or [node_id])),
                     ("Duplicate  (Ctrl+D)", lambda: self.select(set(self.c.duplicate(self.selected_nodes() or [node_id])))),
-                    ("Copy  (Ctrl+C)", lambda: dpg.set_clipboard_text(self.c.copy(self.selected_nodes() or [node_id]) or "")),
+                    ("Copy  (Ctrl+C)", lambda: self.set_clipboard(self.c.copy(self.selected_nodes() or [node_id]))),
                     ("Bypass off  (Ctrl+B)" if self.c.bypassed(node_id) else "Bypass  (Ctrl+B)",
                      lambda: self.toggle_bypass(self.selected_nodes() or [node_id])),
                     ("Group selected  (Ctrl+G)", lambda: self.c.add_group(self.selected_nodes() or [node_id])),
@@ -1255,8 +1330,9 @@ class CanvasView:
     def _draw_overlay(self) -> None:
         """Redrawn only when what it shows changes (graph, zoom, pan, windows over the canvas)."""
         covered = any(dpg.is_item_shown(w) for w in (self.prompt, self.file_dialog, self.settings_window))
+        windows = [self._window_rect(w) for w in self.overlays if dpg.does_item_exist(w) and dpg.is_item_shown(w)]
         pan = self.pan()
-        key = (self.c.revision, self.vp.zoom, self.vp.offset, pan, covered, self.editor_area(),
+        key = (self.c.revision, self.vp.zoom, self.vp.offset, pan, covered, self.editor_area(), tuple(windows),
                tuple(tuple(map(str, g.values())) for g in self.c.groups))
         if key == self.groups_drawn:
             return
@@ -1274,16 +1350,27 @@ class CanvasView:
                 continue
             colour = tuple(group["colour"])
             cx0, cy0, cx1, cy1 = max(sx0, x0), max(sy0, y0), min(sx1, x1), min(sy1, y1)
+            if any(_overlap((cx0, cy0, cx1, cy1), w) for w in windows):
+                continue  # the viewport layer would draw over a menu or panel
             dpg.draw_rectangle((cx0, cy0), (cx1, cy1), color=(*colour, 230), thickness=2, parent=self.drawlist)
             band = min(cy1, sy0 + 30 * self.vp.zoom)
             if band > cy0:
-                dpg.draw_rectangle((cx0, cy0), (cx1, band), color=(*colour, 0), fill=(*colour, 150), parent=self.drawlist)
+                dpg.draw_rectangle((cx0, cy0), (cx1, band), color=(*colour, 0), fill=(*colour, 110), parent=self.drawlist)
                 if sy0 >= y0 and sx0 >= x0:
                     label = group["title"] + (f"  (collapsed: {len(self.c.group_members(self.c.groups.index(group)))} nodes)"
                                               if group.get("collapsed") else "")
                     dpg.draw_text((sx0 + 8, sy0 + 6 * self.vp.zoom), label, size=max(10, 16 * self.vp.zoom),
                                   color=(255, 255, 255), parent=self.drawlist)
-        self._draw_minimap(pan)
+        if not any(_overlap(self._minimap_frame(), w) for w in windows):
+            self._draw_minimap(pan)
+
+    @staticmethod
+    def _window_rect(window: int) -> tuple[float, float, float, float]:
+        state = dpg.get_item_state(window)
+        if "rect_size" not in state:  # the file dialog reports none (it is modal: `covered` handles it)
+            return (0.0, 0.0, 0.0, 0.0)
+        (x, y), (w, h) = dpg.get_item_pos(window), state["rect_size"]
+        return (x, y, x + w, y + h)
 
     MINIMAP = (200, 130)
 
@@ -1311,7 +1398,7 @@ class CanvasView:
             return
         scale, mx0, my0 = fit
         fx0, fy0, fx1, fy1 = self._minimap_frame()
-        dpg.draw_rectangle((fx0, fy0), (fx1, fy1), color=(120, 120, 130, 255), fill=(25, 25, 30, 235), parent=self.drawlist)
+        dpg.draw_rectangle((fx0, fy0), (fx1, fy1), color=(120, 120, 130, 255), fill=(25, 25, 30, 255), parent=self.drawlist)
         for group in self.c.groups:
             gx, gy, gw, gh = group["rect"]
             dpg.draw_rectangle((fx0 + 5 + (gx - mx0) * scale, fy0 + 5 + (gy - my0) * scale),
@@ -1584,6 +1671,10 @@ def area(item: int) -> tuple[float, float, float, float]:
     size, not a rectangle; the primary window starts at the viewport's origin)."""
     (x, y), (w, h) = dpg.get_item_pos(item), dpg.get_item_rect_size(item)
     return x, y, x + w, y + h
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _inside(point: list[float], rect: tuple[float, float, float, float]) -> bool:
