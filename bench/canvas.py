@@ -142,7 +142,7 @@ def child(count: int, frames: int) -> dict:
               "app_mean_ms": 1000 * statistics.fmean(app_times), "bare_mean_ms": 1000 * statistics.fmean(bare_times)}
     # one progress update (with a preview image), render-thread side: drain + redraw one node
     node_id = next(n for n in controller.graph.order if controller.shows_image(n))
-    controller.running_id = controller.session.id
+    controller.follow(controller.session.id)
     preview = Image.new("RGB", (64, 64), "orange")
     costs, prepare = [], []
     for step in range(1, 101):
@@ -158,6 +158,26 @@ def child(count: int, frames: int) -> dict:
             view.frame()  # present now and then, outside the measured part
     result["progress_update_ms"] = 1000 * statistics.median(costs)
     result["progress_prepare_ms"] = 1000 * statistics.median(prepare)
+    # zoom: one Ctrl+wheel step (repositions, rescales and re-fonts every node), then the next frame
+    # (Dear PyGui lays the new sizes out), out through the levels and back in; then frames at 50%
+    steps, next_frames = [], []
+    x0, y0, x1, y1 = view.editor_area()
+    cursor = ((x0 + x1) / 2, (y0 + y1) / 2)
+    for direction in [-1] * 5 + [1] * 5:
+        start = time.perf_counter()
+        view.zoom(direction, cursor)
+        steps.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        view.frame()
+        next_frames.append(time.perf_counter() - start)
+    view.vp.set_zoom(0.5, view.to_editor(cursor))
+    view._apply_zoom()
+    view.frame()
+    zoomed = time_frames(view.frame, max(10, frames // 4))
+    result["zoom_step_ms"] = 1000 * statistics.median(steps)
+    result["zoom_step_max_ms"] = 1000 * max(steps)
+    result["zoom_next_frame_ms"] = 1000 * statistics.median(next_frames)
+    result["zoomed_frame_ms"] = 1000 * statistics.median(zoomed)
     result["torch"] = "torch" in sys.modules
     view.destroy()
     controller.close()
@@ -216,13 +236,19 @@ def main() -> int:
             print(f"display {display}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), Mesa software OpenGL; "
                   f"frames per measurement: {args.frames}")
             print(f"{'nodes':>6} {'bare ms':>9} {'app ms':>9} {'app/bare':>9} {'progress update ms':>19}")
+            results = []
             for count in (int(s) for s in args.sizes.split(",")):
                 r = run_child(env, str(count), str(args.frames))
+                results.append((count, r))
                 ratio = r["app_ms"] / r["bare_ms"]
                 print(f"{count:>6} {r['bare_ms']:>9.2f} {r['app_ms']:>9.2f} {ratio:>8.2f}x "
                       f"{r['progress_update_ms']:>19.3f}   (medians; means {r['bare_mean_ms']:.2f} / {r['app_mean_ms']:.2f};"
                       f" thumbnail prep on the invoker thread {r['progress_prepare_ms']:.2f} ms; torch={r['torch']})",
                       flush=True)
+            print(f"{'nodes':>6} {'zoom step ms':>13} {'(max)':>7} {'next frame ms':>14} {'frame at 50% ms':>16}")
+            for count, r in results:
+                print(f"{count:>6} {r['zoom_step_ms']:>13.1f} {r['zoom_step_max_ms']:>7.1f} {r['zoom_next_frame_ms']:>14.1f}"
+                      f" {r['zoomed_frame_ms']:>16.2f}")
             elapsed, line = first_frame(env)
             print(f"launch to first frame: {elapsed:.2f} s wall from process start (app says: {line})")
     finally:

@@ -277,6 +277,15 @@ def test_unsaved_edits_survive_a_canceled_open(xdisplay, tmp_path):
     assert report["first_filter"] == ".*"
 
 
+def test_showcase_generation_upscale_group_note(xdisplay, tmp_path, demo_models):
+    """The README screenshot's graph: model combos preselected, thumbnails, the gallery (look at showcase.png)."""
+    report = scenario("showcase", xdisplay, tmp_path, models=demo_models)
+    assert set(report["states"].values()) == {"completed"} and report["groups"] == 1
+    assert report["models"] == ["tiny-sd1", "tiny-upscaler-x4"]  # the first model of each kind, not blank
+    assert len(report["thumbs"]) == 3 and report["gallery"] >= 2
+    assert (tmp_path / "showcase.png").stat().st_size > 50_000
+
+
 def test_without_display_prints_reason(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["INVOKE_NODES_ROOT"] = str(tmp_path)
@@ -931,6 +940,36 @@ def scenario_unsaved(d: Driver) -> dict:
     report["first_filter"] = str(exts[0]) if exts else None
     dpg.hide_item(view.file_dialog)
     return report
+
+
+def scenario_showcase(d: Driver) -> dict:
+    """The README's screenshot: generation + upscale on the demo models, with thumbnails, a group and a note."""
+    c, view = d.c, d.view
+    c.delete(list(c.graph.nodes))
+    d.until(lambda: c.model_choices("main") != [], timeout=120)
+    gen = c.add_node("txt2img", (20, 80), {"prompt": "a lighthouse on a cliff at dusk, oil painting", "steps": 8,
+                                           "width": 64, "height": 64, "seed": 42})
+    up = c.add_node("upscale", (400, 80))
+    show = c.add_node("show_image", (720, 80))
+    c.connect(gen, "image", up, "image")
+    c.connect(up, "image", show, "image")
+    c.add_node("note", (400, 430), {"text": "Random-weight demo models:\nthe images are noise.\nF1 lists the shortcuts."})
+    d.frames(4)
+    c.add_group([gen, up], "generate + upscale")
+    c.set_randomize(gen, "seed", False)
+    c.run()
+    d.until(lambda: not c.is_running and view.nodes[show].image is not None, timeout=180)
+    view.toggle(view.gallery_window)
+    d.frames(6)
+    dpg = d.dpg
+    dpg.set_item_pos(view.gallery_window, [960, 420])
+    dpg.configure_item(view.gallery_window, width=420, height=270)
+    d.xdo("mousemove", "100", "600")  # no tooltip in the picture
+    d.frames(6)
+    d.screenshot("showcase.png")
+    return {"states": {n: s.state for n, s in c.status.items()}, "groups": len(c.groups),
+            "thumbs": [n for n, items in view.nodes.items() if items.image is not None],
+            "gallery": len(view.gallery_buttons), "models": [c.value(gen, "model"), c.value(up, "model")]}
 
 
 def _register_slow_node() -> None:

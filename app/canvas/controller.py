@@ -44,7 +44,8 @@ RECENT_MAX = 10
 QUEUE_KEEP = 30  # finished queue entries kept in the panel
 GALLERY_MAX = 200
 LOG_MAX = 500
-NODE_WIDTH = 230.0  # a node's width with its widgets (the view's WIDGET_WIDTH plus labels)
+NODE_WIDTH = 200.0  # the narrowest node (title, pins)
+WIDGET_WIDTH = 140  # an input's widget on a node (the view draws them this wide at 100%)
 GAP = 30.0  # between nodes placed automatically
 CLIPBOARD_FORMAT = "invoke-nodes/nodes"
 GROUP_COLOURS = ((90, 140, 200), (120, 180, 110), (200, 150, 80), (180, 100, 170), (200, 90, 90), (110, 170, 170))
@@ -1120,8 +1121,10 @@ def estimate_size(cls: type[BaseInvocation]) -> tuple[float, float]:
     width, height = NODE_WIDTH, 34.0  # title bar
     for port in cls.inputs().values():
         kind = port.kind
+        label = 7 * len(port.title) + 32  # the widget's label right of it, and the node's padding
+        width = max(width, (WIDGET_WIDTH + 80 if kind == "prompt" else WIDGET_WIDTH) + label)
         if kind == "prompt":
-            width, height = max(width, NODE_WIDTH + 80), height + 72
+            height += 72
         elif kind == "seed":
             height += 50
         else:

@@ -21,12 +21,11 @@ import dearpygui.dearpygui as dpg
 from app.examples import examples
 from services.engine.graph import Link
 
-from .controller import IDLE, CanvasController, CanvasError, Viewport
+from .controller import IDLE, WIDGET_WIDTH, CanvasController, CanvasError, Viewport
 from .recovery import Found, Recovery
 from .schema import NONE_CHOICE, PinSpec, WidgetSpec, coerce, tag_colour
 from .thumbs import THUMB, VIEWER, image_rgba
 
-WIDGET_WIDTH = 140
 PALETTE_WIDTH = 230
 LOG_HEIGHT = 110
 LOG_LINES = 200
