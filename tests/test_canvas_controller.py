@@ -550,7 +550,7 @@ def test_png_keeps_node_positions(ctl, tmp_path):
 
 def test_open_messages_name_the_file_once(ctl, tmp_path):
     assert not ctl.open(tmp_path / "missing.json")
-    assert ctl.message.count("missing.json") == 1 and "no such file" in ctl.message
+    assert ctl.message.count("missing.json") == 1 and "No such file or directory" in ctl.message
     assert not ctl.open(tmp_path / "missing.png") and "not an image" not in ctl.message
     (tmp_path / "bad.png").write_bytes(b"nope")
     assert not ctl.open(tmp_path / "bad.png") and ctl.message.count("bad.png") == 1
