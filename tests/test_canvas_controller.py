@@ -721,3 +721,20 @@ def test_viewport_zoom_about_the_cursor_and_fit():
     assert all(0 <= x <= 1000 and 0 <= y <= 600 for x, y in corners)
     view.fit([(0, 0, 100, 100)], (0, 0, 1000, 600))
     assert view.zoom == 1.0  # a small graph is not blown up
+
+
+def test_start_opens_the_file_else_the_last_workflow_else_the_demo(ctl, invoker, tmp_path):
+    from app.canvas.main import open_start
+
+    open_start(ctl, None)  # the very first start
+    assert set(ctl.graph.nodes) == {"size", "noise", "color", "blend", "show"}
+    ctl.delete(["show"])
+    ctl.save_last_workflow()
+    again = CanvasController(invoker)
+    try:
+        open_start(again, None)
+        assert "show" not in again.graph.nodes and "blend" in again.graph.nodes
+        open_start(again, str(tmp_path / "gone.json"))  # a file that cannot be opened: the demo, and why
+        assert "show" in again.graph.nodes and "gone.json" in again.last_error
+    finally:
+        again.close()
