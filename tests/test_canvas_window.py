@@ -248,6 +248,7 @@ def test_editing_gestures(xdisplay, tmp_path):
     assert report["link_menu_shown"] and report["reroute_links"] == sorted([["blend", report["reroute"]], [report["reroute"], "show"]])
     assert report["groups"] == 1 and report["group_moved"][0] == report["group_moved"][1] != [0, 0]
     assert report["group_moved"][2] == [0, 0]  # blend is not in the group
+    assert report["collapsed_hidden"] == [True, True, False] and report["expanded_shown"]
     assert report["bypassed"] and report["help_shown"]
 
 
@@ -812,6 +813,23 @@ def scenario_editing(d: Driver) -> dict:
     c.add_node("note", (20, 420), {"text": "Ctrl+G groups the selection"})
     d.frames(4)
     d.screenshot("group.png")
+    # right-click the group's title: its menu; collapse hides its nodes and their links, expand shows them
+    gx, gy, gw, gh = c.groups[0]["rect"]
+    title = tuple(int(v) for v in view.to_screen((gx + 40, gy + 12)))
+
+    def group_menu_pick(label: str) -> None:
+        d.xdo("mousemove", *map(str, title))
+        d.xdo("click", "3", frames=6)
+        item = next(i for i in dpg.get_item_children(view.group_menu, 1)
+                    if dpg.get_item_type(i).endswith("Selectable") and dpg.get_item_configuration(i)["label"] == label)
+        d.xdo("mousemove", *map(str, d.center(item)))
+        d.xdo("click", "1", frames=6)
+
+    group_menu_pick("Collapse")
+    report["collapsed_hidden"] = [not dpg.is_item_shown(view.nodes[n].node) for n in ("noise", "color", "blend")]
+    d.screenshot("group_collapsed.png")
+    group_menu_pick("Expand")
+    report["expanded_shown"] = all(dpg.is_item_shown(view.nodes[n].node) for n in ("noise", "color"))
     # Ctrl+B bypasses the selection; F1 lists the shortcuts
     view.select({"blend"})
     d.xdo("key", "ctrl+b", frames=6)

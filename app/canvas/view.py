@@ -57,6 +57,7 @@ SHORTCUTS: list[tuple[str, str]] = [
     ("Drop a link on empty canvas", "Search the nodes that take it; the one picked is added linked"),
     ("Drag from the palette or gallery", "The node (or a load_image node) lands under the mouse"),
     ("Drag a group's title", "Moves the group with its nodes"),
+    ("Right-click a group's title", "Rename, colour, collapse or expand, select its nodes, remove"),
 ]
 
 STATE_COLOURS = {  # title bar colour per node state
@@ -138,6 +139,7 @@ class CanvasView:
         self.link_drop: tuple[str, str, bool] | None = None  # the pin a link was dropped from (search menu)
         self._drop_check: tuple[int, tuple[str, str, bool], list[float], int] | None = None
         self.context_link: Link | None = None
+        self.context_group: int | None = None
         self.gallery_drawn = -1
         self.gallery_textures: dict[str, int] = {}
         self.queue_drawn: tuple = ()
@@ -240,7 +242,8 @@ class CanvasView:
         self._build_fonts()
         self.drawlist = dpg.add_viewport_drawlist(front=True)  # group frames, the minimap
         self.overlays = [self.prompt, self.viewer, self.settings_window, self.file_dialog, self.add_menu, self.node_menu,
-                         self.link_menu, self.help_window, self.queue_window, self.gallery_window, self.restore_prompt]
+                         self.link_menu, self.group_menu, self.help_window, self.queue_window, self.gallery_window,
+                         self.restore_prompt]
 
     def _build_menu(self) -> None:
         with dpg.menu_bar():
@@ -328,6 +331,8 @@ class CanvasView:
             self.add_list = dpg.add_group()
         with dpg.window(label="Node", show=False, popup=True, width=200) as self.node_menu:
             pass  # filled for the node right-clicked (only what applies to it)
+        with dpg.window(label="Group", show=False, popup=True, width=220) as self.group_menu:
+            pass  # filled for the group right-clicked
         with dpg.window(label="Link", show=False, popup=True, width=180) as self.link_menu:
             dpg.add_selectable(label="Delete link", callback=self._delete_context_link)
             dpg.add_selectable(label="Insert reroute", callback=self._reroute_context_link)
@@ -355,14 +360,14 @@ class CanvasView:
             self.outputs_input = dpg.add_input_text(label="outputs folder", width=380)
             self.theme_combo = dpg.add_combo(["dark", "light"], label="theme", width=120)
             dpg.add_button(label="Save settings", callback=self._save_settings)
-        with dpg.window(label="Shortcuts", show=False, width=640, height=470) as self.help_window:
+        with dpg.window(label="Shortcuts", show=False, width=700, height=560) as self.help_window:
             with dpg.table(header_row=False, borders_innerH=True):
                 dpg.add_table_column(width_fixed=True, init_width_or_weight=230)
                 dpg.add_table_column()
                 for keys, what in SHORTCUTS:
                     with dpg.table_row():
                         dpg.add_text(keys, color=(150, 200, 255))
-                        dpg.add_text(what, wrap=380)
+                        dpg.add_text(what, wrap=400)
         self._build_file_dialog()
 
     def _build_file_dialog(self) -> None:
@@ -1185,6 +1190,12 @@ class CanvasView:
             self._fill_node_menu(self.context_node)
             self._show_at(self.node_menu, mouse)
             return
+        group = self.c.group_at(self.vp.to_model(self.context_pos)) if self.c.groups else None
+        if group is not None:
+            self.context_group = group
+            self._fill_group_menu(group)
+            self._show_at(self.group_menu, mouse)
+            return
         self.context_link = self.link_at(mouse)
         if self.context_link is not None:
             for entry in dpg.get_item_children(self.link_menu, 1):
@@ -1224,26 +1235,24 @@ class CanvasView:
         for label, action in entries:
             dpg.add_selectable(label=label, parent=self.node_menu, user_data=action,
                                callback=lambda s, a, u: (dpg.hide_item(self.node_menu), u()))
-        index = self._group_of(node_id)
-        if index is not None:
-            group = self.c.groups[index]
-            dpg.add_separator(parent=self.node_menu)
-            dpg.add_text(f"Group: {group['title']}", parent=self.node_menu, color=(160, 160, 160))
-            title = dpg.add_input_text(default_value=group["title"], parent=self.node_menu, width=-1, on_enter=True,
-                                       callback=lambda s, a: self.c.set_group(index, title=a))
-            self.group_title_field = title  # typing here is not a shortcut
-            dpg.add_color_edit(default_value=group["colour"], parent=self.node_menu, no_alpha=True, no_inputs=True,
-                               label="colour", callback=lambda s, a: self.c.set_group(index, colour=[int(v * 255) if v <= 1 else int(v) for v in a[:3]]))
-            dpg.add_selectable(label="Collapse group", parent=self.node_menu,
-                               callback=lambda: (dpg.hide_item(self.node_menu), self.c.set_group(index, collapsed=True)))
-            dpg.add_selectable(label="Remove group (keep nodes)", parent=self.node_menu,
-                               callback=lambda: (dpg.hide_item(self.node_menu), self.c.delete_group(index)))
 
-    def _group_of(self, node_id: str) -> int | None:
-        for index in reversed(range(len(self.c.groups))):
-            if node_id in self.c.group_members(index):
-                return index
-        return None
+    def _fill_group_menu(self, index: int) -> None:
+        """Right-click on a group's title: rename, colour, collapse or expand, remove."""
+        dpg.delete_item(self.group_menu, children_only=True)
+        group = self.c.groups[index]
+        dpg.add_text(f"Group: {group['title']}", parent=self.group_menu, color=(160, 160, 160))
+        title = dpg.add_input_text(default_value=group["title"], parent=self.group_menu, width=-1, on_enter=True,
+                                   hint="title (Enter)", callback=lambda s, a: self.c.set_group(index, title=a))
+        self.group_title_field = title  # typing here is not a shortcut
+        dpg.add_color_edit(default_value=group["colour"], parent=self.group_menu, no_alpha=True, no_inputs=True,
+                           label="colour", callback=lambda s, a: self.c.set_group(index, colour=_rgb(a)))
+        collapsed = bool(group.get("collapsed"))
+        dpg.add_selectable(label="Expand" if collapsed else "Collapse", parent=self.group_menu,
+                           callback=lambda: (dpg.hide_item(self.group_menu), self.c.set_group(index, collapsed=not collapsed)))
+        dpg.add_selectable(label="Select its nodes", parent=self.group_menu,
+                           callback=lambda: (dpg.hide_item(self.group_menu), self.select(set(self.c.group_members(index)))))
+        dpg.add_selectable(label="Remove group (keep nodes)", parent=self.group_menu,
+                           callback=lambda: (dpg.hide_item(self.group_menu), self.c.delete_group(index)))
 
     def link_at(self, point: list[float]) -> Link | None:
         """The link under a screen point: imnodes reports the hovered link."""
@@ -1556,7 +1565,7 @@ class CanvasView:
     def show_help(self) -> None:
         dpg.show_item(self.help_window)
         w, h = dpg.get_viewport_client_width(), dpg.get_viewport_client_height()
-        dpg.set_item_pos(self.help_window, [w // 2 - 320, max(40, h // 2 - 240)])
+        dpg.set_item_pos(self.help_window, [w // 2 - 350, max(40, h // 2 - 280)])
 
 
     # --- files and prompts -------------------------------------------------------------------
@@ -1670,6 +1679,13 @@ def area(item: int) -> tuple[float, float, float, float]:
     size, not a rectangle; the primary window starts at the viewport's origin)."""
     (x, y), (w, h) = dpg.get_item_pos(item), dpg.get_item_rect_size(item)
     return x, y, x + w, y + h
+
+
+def _rgb(value: Any) -> list[int]:
+    """A colour editor's value (0..1 floats or 0..255) as 0..255 RGB."""
+    channels = list(value)[:3]
+    scale = 255 if all(v <= 1 for v in channels) else 1
+    return [int(round(v * scale)) for v in channels]
 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
