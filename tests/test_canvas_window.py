@@ -259,7 +259,7 @@ def test_queue_gallery_run_to_here(xdisplay, tmp_path):
     assert report["still_typing"] and report["ran_with"] == 0.25  # Ctrl+Enter committed the typed value first
     assert report["queued"][-3:] == ["run 1/3", "run 2/3", "run 3/3"]
     assert report["queue_states"] == ["completed"] * 4 and len(report["seeds"]) == 3
-    assert report["gallery_images"] >= 4
+    assert report["gallery_images"] >= 4 and report["viewer_image"] == report["newest"]
     assert report["gallery_drop"] and report["gallery_drop"][0][0] == "load_image"
     assert report["gallery_drop"][0][1].endswith(report["first_image"])
     states = report["run_to_here"]
@@ -871,6 +871,13 @@ def scenario_queue_gallery(d: Driver) -> dict:
     d.xdo("click", "1", frames=6)
     report["gallery_images"] = len(view.gallery_buttons)
     d.screenshot("gallery.png")
+    newest = c.gallery[0].image_name
+    d.xdo("mousemove", *map(str, d.center(view.gallery_buttons[newest])))
+    d.xdo("click", "1", frames=6)  # a click opens it large
+    report["viewer_image"] = view.viewer_image if dpg.is_item_shown(view.viewer) else None
+    report["newest"] = newest
+    dpg.hide_item(view.viewer)
+    d.frames(2)
     # drag an image from the gallery onto the canvas: a load_image node reading it
     first = c.gallery[0].image_name
     x0, y0, x1, y1 = view.editor_area()

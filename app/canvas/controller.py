@@ -81,8 +81,8 @@ class QueueEntry:
     label: str
     graph: Graph
     state: str = QUEUED  # queued | running | completed | failed | canceled
-    added: float = field(default_factory=time.perf_counter)
-    started: float | None = None
+    added: float = field(default_factory=time.time)
+    started: float | None = None  # the time of its first event
     seconds: float | None = None
     only: frozenset[str] | None = None
     failed: set[str] = field(default_factory=set)
@@ -876,11 +876,13 @@ class CanvasController:
         node_id = event.node_id
         status = self.status.get(node_id) if node_id is not None else None
         data = event.data
+        if entry.started is None:
+            entry.started = event.time  # its first event (times come from the events: pump() may run late)
         if event.type in (SESSION_COMPLETED, SESSION_CANCELED):
-            self._finish_entry(entry, canceled=event.type == SESSION_CANCELED)
+            self._finish_entry(entry, event, canceled=event.type == SESSION_CANCELED)
             return
         if entry.state == QUEUED:
-            entry.state, entry.started = RUNNING, time.perf_counter()
+            entry.state = RUNNING
         if node_id is not None and event.type == NODE_FAILED and data.get("state") == "failed":
             entry.failed.add(node_id)
         if name is not None:
@@ -910,8 +912,8 @@ class CanvasController:
             status.image_name = name
         self._changed.add(node_id)
 
-    def _finish_entry(self, entry: QueueEntry, canceled: bool) -> None:
-        entry.seconds = time.perf_counter() - (entry.started or entry.added)
+    def _finish_entry(self, entry: QueueEntry, event: Event, canceled: bool) -> None:
+        entry.seconds = max(0.0, event.time - (entry.started or event.time))
         if entry.token is not None:
             self.invoker.unsubscribe(entry.token)
             entry.token = None
