@@ -9,6 +9,11 @@ only change `session.ui` and get their own undo steps.
 Engine events arrive on the invoker thread; `_on_event` only prepares thumbnail pixels there and
 queues them.  The view calls `pump()` once per frame on its own thread and then redraws just
 the nodes `take_changed()` names.
+
+Runs are queue entries (`queue`): Run xN queues N sessions (forks with new seeds), "run to here"
+one that runs only some nodes; each entry follows its own session's events, and images they make
+go to the `gallery`.  Positions, groups, bypass flags and seed toggles live in `session.ui`; the
+view draws positions through a `Viewport` (the emulated zoom).
 """
 from __future__ import annotations
 

@@ -5,7 +5,12 @@ Rules that keep it safe and cheap:
   same thread that drains the engine's events, so no Dear PyGui call ever comes from a worker;
 - the graph is re-synced only when the controller's revision changes, and only nodes whose
   values, links or position differ are touched; a progress event redraws only its node;
-- a node is deleted after its links (Dear PyGui 2.3 crashes deleting a node with links).
+- a node is deleted after its links (Dear PyGui 2.3 crashes deleting a node with links);
+- the editor has no zoom, pan API or selection API: zoom is emulated (positions through the
+  controller's Viewport, a font per zoom level), the pan is read off a drawn node, and nodes
+  selected by a gesture (Ctrl+A, paste) are marked with a theme;
+- group frames and the minimap are drawn on the viewport layer above the nodes (node text and
+  images would draw over anything drawn inside the editor), never under a menu or panel.
 """
 from __future__ import annotations
 
