@@ -37,7 +37,6 @@ class Invoker:
         self._pending: dict[str, int] = {}
         self._finished: dict[str, bool] = {}  # session id -> its last run ended without a cancel
         self._cond = threading.Condition()
-        self._paused = False
         self._thread: threading.Thread | None = None
         if start:
             self.start()
@@ -227,13 +226,11 @@ class Invoker:
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self.services.queue.paused
 
     def pause(self, paused: bool = True) -> None:
         """Paused, the worker starts no new job (the running one finishes)."""
-        with self._cond:
-            self._paused = paused
-            self._cond.notify_all()
+        self.services.queue.pause(paused)
 
     def is_busy(self, session_id: str) -> bool:
         with self._cond:
@@ -263,10 +260,6 @@ class Invoker:
     def _work(self) -> None:
         queue = self.services.queue
         while True:
-            with self._cond:
-                if self._paused and not queue.closed:
-                    self._cond.wait(0.5)
-                    continue
             job = queue.get(timeout=0.5)
             if job is None:
                 if queue.closed:

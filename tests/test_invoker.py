@@ -370,3 +370,34 @@ def test_objects_of_a_saved_session_are_gone_in_a_new_process_and_run_again(invo
     assert opened.node_state("obj") == "stale"
     assert _run(other, opened) == ["obj"] and RUNS["kept"] == 2
     assert other.services.objects.exists(opened.results["obj"][0].outputs["latents"]["latents_name"])
+
+
+def test_run_only_some_nodes(invoker):
+    """`only` ("run to here"): the other nodes are left as they are."""
+    session = invoker.create_session()
+    _chain(session, 3, "only")
+    invoker.invoke(session, only={"1", "2"})
+    assert invoker.wait(session.id, 10)
+    assert [session.node_state(n) for n in ("1", "2", "3")] == ["completed", "completed", "pending"]
+
+
+def test_queue_pause_reorder_and_list(invoker):
+    invoker.pause()
+    try:
+        sessions = []
+        for i in range(3):
+            session = invoker.create_session()
+            _chain(session, 1, f"p{i}_")
+            invoker.invoke(session)
+            sessions.append(session)
+        time.sleep(0.3)
+        assert invoker.paused and all(not s.is_complete() for s in sessions)  # nothing starts while paused
+        ids = [s.id for s in sessions]
+        assert invoker.queued() == ids
+        assert invoker.move_queued(ids[2], -5) and invoker.queued() == [ids[2], ids[0], ids[1]]
+        assert not invoker.move_queued(ids[2], -1) and not invoker.move_queued("nope", 1)
+    finally:
+        invoker.pause(False)
+    for session in sessions:
+        assert invoker.wait(session.id, 10) and session.is_complete()
+    assert invoker.queued() == []

@@ -37,6 +37,14 @@ class InvocationQueue(ABC):
         """Move a session's waiting job `delta` places (negative: sooner); False when it cannot."""
         return False
 
+    @abstractmethod
+    def pause(self, paused: bool) -> None:
+        """Paused, get() hands out no job (they wait in order)."""
+
+    @property
+    @abstractmethod
+    def paused(self) -> bool: ...
+
     @property
     @abstractmethod
     def closed(self) -> bool: ...
@@ -50,6 +58,7 @@ class MemoryInvocationQueue(InvocationQueue):
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._paused = False
 
     def put(self, job: Job) -> None:
         with self._cond:
@@ -58,9 +67,18 @@ class MemoryInvocationQueue(InvocationQueue):
 
     def get(self, timeout: float | None = None) -> Job | None:
         with self._cond:
-            if not self._jobs and not self._closed:
+            if (not self._jobs or self._paused) and not self._closed:
                 self._cond.wait(timeout)
-            return self._jobs.popleft() if self._jobs and not self._closed else None
+            return self._jobs.popleft() if self._jobs and not self._closed and not self._paused else None
+
+    def pause(self, paused: bool) -> None:
+        with self._cond:
+            self._paused = paused
+            self._cond.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def remove(self, session_id: str) -> int:
         with self._cond:
