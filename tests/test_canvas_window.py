@@ -242,6 +242,8 @@ def test_editing_gestures(xdisplay, tmp_path):
     assert report["collapsed"]
     assert report["fit_inside"] and report["fit_zoom"] < 1
     assert report["palette_drop"] == ["integer"] and report["drop_offset"] < 30
+    assert report["drag_ghost"][0] == "+ integer"  # what is carried shows under the mouse
+    assert abs(report["live_group_offset"][0] - 80) < 3 and abs(report["live_group_offset"][1] - 40) < 3  # nodes follow
     assert report["link_search_shown"] and "resize" in report["link_search_types"]
     assert "integer" not in report["link_search_types"] and "float" not in report["link_search_types"]
     assert report["linked_from_drop"]
@@ -756,7 +758,14 @@ def scenario_editing(d: Driver) -> dict:
     d.frames(3)
     before = set(c.graph.nodes)
     target = (int(x0) + 150, int(y1) - 120)
-    d.drag(d.center(_entry(d, view.palette_list, "integer")), target)
+    start = d.center(_entry(d, view.palette_list, "integer"))
+    d.xdo("mousemove", *map(str, start))
+    d.xdo("mousedown", "1")
+    for i in range(1, 6):
+        d.xdo("mousemove", str(start[0] + (target[0] - start[0]) * i // 5), str(start[1] + (target[1] - start[1]) * i // 5), frames=2)
+    report["drag_ghost"] = view._ghost()
+    d.screenshot("palette_drag.png")
+    d.xdo("mouseup", "1", frames=6)
     added = set(c.graph.nodes) - before
     report["palette_drop"] = [c.graph.nodes[n].type for n in added]
     if added:
@@ -808,7 +817,15 @@ def scenario_editing(d: Driver) -> dict:
     before = {n: c.position(n) for n in ("noise", "color", "blend")}
     gx, gy, gw, gh = c.groups[0]["rect"]
     title = tuple(int(v) for v in view.to_screen((gx + 40, gy + 12)))
-    d.drag(title, (title[0] + 80, title[1] + 40))
+    noise_at = dpg.get_item_rect_min(view.nodes["noise"].node)
+    d.xdo("mousemove", *map(str, title))
+    d.xdo("mousedown", "1")
+    for i in range(1, 6):
+        d.xdo("mousemove", str(title[0] + 16 * i), str(title[1] + 8 * i), frames=2)
+    d.frames(2)
+    live = dpg.get_item_rect_min(view.nodes["noise"].node)
+    report["live_group_offset"] = [live[0] - noise_at[0], live[1] - noise_at[1]]
+    d.xdo("mouseup", "1", frames=6)
     report["group_moved"] = [[c.position(n)[i] - before[n][i] for i in (0, 1)] for n in ("noise", "color", "blend")]
     c.add_node("note", (20, 420), {"text": "Ctrl+G groups the selection"})
     d.frames(4)

@@ -145,6 +145,7 @@ class CanvasView:
         self._drop_check: tuple[int, tuple[str, str, bool], list[float], int] | None = None
         self.context_link: Link | None = None
         self.context_group: int | None = None
+        self.group_drag: tuple[int, list[str], float, float] | None = None  # group index, its nodes, the offset so far
         self.gallery_drawn = -1
         self.gallery_textures: dict[str, int] = {}
         self.queue_drawn: tuple = ()
@@ -509,6 +510,8 @@ class CanvasView:
             self._fill_embeddings()
         if self._drop_check is not None:
             self._check_link_drop()
+        if self.press is not None and self.press[0] == "group":
+            self._drag_group_live()
         self._update_bars()
         self._draw_overlay()
         if dpg.is_item_shown(self.queue_window):
@@ -994,6 +997,7 @@ class CanvasView:
         group = self.c.group_at(self.vp.to_model(self.to_editor(mouse))) if self.c.groups else None
         if group is not None:
             self.press = ("group", group)
+            self.group_drag = (group, self.c.group_members(group), 0.0, 0.0)
             return
         pin = self.pin_at(mouse)
         if pin is not None:
@@ -1016,11 +1020,20 @@ class CanvasView:
                 self.c.add_image_node(what, at)
                 return
             if kind == "group":
-                start = self.vp.to_model(self.to_editor(self.press_at))
-                self.c.move_group(what, at[0] - start[0], at[1] - start[1])
+                dx, dy = self._drag_delta(mouse)
+                self.group_drag = None
+                self.c.move_group(what, dx, dy)
                 return
             if kind == "pin" and self.node_at(mouse) is None:
                 self._drop_check = (self.c.revision, what, list(mouse), self.frames + 2)
+        if self.group_drag is not None:  # a group dragged off the canvas: its nodes go back
+            _, members, _, _ = self.group_drag
+            self.group_drag = None
+            for node_id in members:
+                if node_id in self.nodes:
+                    self.nodes[node_id].snapshot = ()
+                    self._sync_node(node_id)
+            self.groups_drawn = ()
         moved = {}
         for item in dpg.get_selected_nodes(self.editor):
             node_id = dpg.get_item_user_data(item)
@@ -1036,6 +1049,26 @@ class CanvasView:
             self._mark(set())  # a click on the canvas ends a gesture's selection
         if moved:
             self.c.move(moved)
+
+    def _drag_delta(self, mouse: list[float]) -> tuple[float, float]:
+        """How far the mouse moved since the press, in model units (from screen pixels: the pan
+        read off a node is not steady while nodes move)."""
+        return ((mouse[0] - self.press_at[0]) / self.vp.zoom, (mouse[1] - self.press_at[1]) / self.vp.zoom)
+
+    def _drag_group_live(self) -> None:
+        """While a group's title is dragged, its frame and nodes follow the mouse (committed on release)."""
+        if self.group_drag is None or not dpg.is_mouse_button_down(dpg.mvMouseButton_Left):
+            return
+        index, members, old_dx, old_dy = self.group_drag
+        dx, dy = self._drag_delta(dpg.get_mouse_pos(local=False))
+        if (dx, dy) == (old_dx, old_dy):
+            return
+        self.group_drag = (index, members, dx, dy)
+        for node_id in members:
+            items = self.nodes.get(node_id)
+            if items is not None:
+                x, y = self.c.position(node_id)
+                dpg.set_item_pos(items.node, self.vp.to_grid((x + dx, y + dy)))
 
     def _check_link_drop(self) -> None:
         """A link dragged from a pin ended on empty canvas and made no link: open the node search
@@ -1345,8 +1378,9 @@ class CanvasView:
         covered = any(dpg.is_item_shown(w) for w in (self.prompt, self.file_dialog, self.settings_window))
         windows = [self._window_rect(w) for w in self.overlays if dpg.does_item_exist(w) and dpg.is_item_shown(w)]
         pan = self.pan()
+        ghost = self._ghost()
         key = (self.c.revision, self.vp.zoom, self.vp.offset, pan, covered, self.editor_area(), tuple(windows),
-               tuple(tuple(map(str, g.values())) for g in self.c.groups))
+               tuple(tuple(map(str, g.values())) for g in self.c.groups), self.group_drag and self.group_drag[2:], ghost)
         if key == self.groups_drawn:
             return
         self.groups_drawn = key
@@ -1354,8 +1388,10 @@ class CanvasView:
         if covered:
             return
         x0, y0, x1, y1 = self.editor_area()
-        for group in self.c.groups:
+        for number, group in enumerate(self.c.groups):
             gx, gy, gw, gh = group["rect"]
+            if self.group_drag is not None and self.group_drag[0] == number:
+                gx, gy = gx + self.group_drag[2], gy + self.group_drag[3]
             (sx0, sy0), (sx1, sy1) = self.to_screen((gx, gy), pan), self.to_screen((gx + gw, gy + gh), pan)
             if group.get("collapsed"):
                 sy1 = sy0 + 30 * self.vp.zoom
@@ -1376,6 +1412,20 @@ class CanvasView:
                                   color=(255, 255, 255), parent=self.drawlist)
         if not any(_overlap(self._minimap_frame(), w) for w in windows):
             self._draw_minimap(pan)
+        if ghost is not None:  # what a palette or gallery drag carries, under the mouse
+            label, (mx, my) = ghost
+            dpg.draw_rectangle((mx + 12, my + 8), (mx + 24 + 8 * len(label), my + 32), color=(240, 190, 70, 255),
+                               fill=(50, 50, 60, 230), rounding=4, parent=self.drawlist)
+            dpg.draw_text((mx + 18, my + 12), label, size=15, color=(255, 255, 255), parent=self.drawlist)
+
+    def _ghost(self) -> tuple[str, tuple[int, int]] | None:
+        if self.press is None or self.press[0] not in ("palette", "image") or not dpg.is_mouse_button_down(dpg.mvMouseButton_Left):
+            return None
+        mouse = dpg.get_mouse_pos(local=False)
+        if abs(mouse[0] - self.press_at[0]) + abs(mouse[1] - self.press_at[1]) <= 12:
+            return None
+        label = f"+ {self.press[1]}" if self.press[0] == "palette" else "+ load_image"
+        return label, (int(mouse[0]), int(mouse[1]))
 
     @staticmethod
     def _window_rect(window: int) -> tuple[float, float, float, float]:
