@@ -148,11 +148,15 @@ class Recovery:
 
 def _step_data(step: SessionStep | MoveStep) -> dict[str, Any]:
     if isinstance(step, MoveStep):
-        return {"label": step.label, "moves": {n: [old, new] for n, (old, new) in step.moves.items()}}
+        data = {"label": step.label, "moves": {n: [old, new] for n, (old, new) in step.moves.items()}}
+        if step.groups:  # a group dragged by its title moved its frame too
+            data["groups"] = {str(i): [old, new] for i, (old, new) in step.groups.items()}
+        return data
     return {"label": step.label, "before": step.before.id, "after": step.after.id}
 
 
 def _step(data: dict[str, Any], sessions: dict[str, Session]) -> SessionStep | MoveStep:
     if "moves" in data:
-        return MoveStep({n: (list(old), list(new)) for n, (old, new) in data["moves"].items()}, data["label"])
+        return MoveStep({n: (list(old), list(new)) for n, (old, new) in data["moves"].items()}, data["label"],
+                        {int(i): (list(old), list(new)) for i, (old, new) in data.get("groups", {}).items()})
     return SessionStep(sessions[data["before"]], sessions[data["after"]], data["label"])

@@ -379,14 +379,15 @@ class CanvasView:
     def _build_file_dialog(self) -> None:
         """Made anew for each use: a reused dialog remembers its last filter and rewrites a typed
         name's extension to it ("graph.json" saved as "graph.png")."""
-        if getattr(self, "file_dialog", None) is not None and dpg.does_item_exist(self.file_dialog):
-            dpg.delete_item(self.file_dialog)
+        old = getattr(self, "file_dialog", None)
+        if old is not None and dpg.does_item_exist(old):
+            dpg.delete_item(old)
         with dpg.file_dialog(show=False, modal=True, width=720, height=440, callback=self._on_file_chosen,
                              cancel_callback=self._prompt_cancel) as self.file_dialog:
             for ext, colour in ((".*", (200, 200, 200)), (".json", (120, 200, 120)), (".png", (200, 160, 220))):
                 dpg.add_file_extension(ext, color=colour)
-        if hasattr(self, "overlays"):
-            self.overlays[3] = self.file_dialog
+        if old in getattr(self, "overlays", ()):
+            self.overlays[self.overlays.index(old)] = self.file_dialog
 
     def _build_panels(self) -> None:
         with dpg.window(label="Queue", show=False, width=560, height=300, pos=(PALETTE_WIDTH + 300, 80)) as self.queue_window:
