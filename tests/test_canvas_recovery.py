@@ -105,3 +105,31 @@ def test_a_failing_recovery_write_is_reported_and_the_old_file_kept(invoker, mon
     assert rec.path.read_bytes() == kept and json.loads(kept)["session"]["graph"]["nodes"]
     assert [p.name for p in rec.path.parent.iterdir()] == ["canvas.json"]  # no temporary file left
     c.close()
+
+
+def test_groups_bypass_and_a_group_move_are_recovered(user_root, monkeypatch):
+    first = Invoker(Services.local(Settings.load()))
+    c = CanvasController(first)
+    rec = Recovery(user_root / "recovery")
+    rec.attach(c)
+    c.new_demo()
+    index = c.add_group(["noise", "color"], "inputs")
+    rect = list(c.groups[index]["rect"])
+    assert c.move_group(index, 100, 40) and c.set_bypass(["blend"], True)
+    monkeypatch.setattr(recovery_module, "DELAY_S", 0.0)
+    rec.tick()
+    c.close()
+    first.shutdown()  # no clean quit
+
+    second = Invoker(Services.local(Settings.load()))
+    try:
+        c2 = CanvasController(second)
+        rec2 = Recovery(user_root / "recovery")
+        rec2.attach(c2)
+        rec2.restore(rec2.find())
+        assert c2.groups[0]["title"] == "inputs" and c2.bypassed("blend")
+        assert c2.undo() and not c2.bypassed("blend")
+        assert c2.undo() and c2.groups[0]["rect"] == rect  # the group's own move is in the history
+        c2.close()
+    finally:
+        second.shutdown()
