@@ -1668,11 +1668,14 @@ class CanvasView:
         self.pending = None
 
     def _prompt_discard(self) -> None:
-        """Go on with what was asked.  The unsaved mark stays until the graph is really replaced
-        (a file dialog canceled after "Discard" keeps the edits, and so does their "*")."""
+        """Give the edits up and go on with what was asked.  Opening a file only asks for one:
+        the edits (and their "*") stay until a file is really opened, so a canceled dialog
+        loses nothing."""
         dpg.hide_item(self.prompt)
         action, self.pending = self.pending, None
         if action is not None:
+            if action != self.ask_open:
+                self.c.dirty = False  # quit, another graph: the edits are gone now (so is their recovery file)
             action()
             self._fill_recent()
 
