@@ -97,7 +97,10 @@ def open_image_info(path: str | os.PathLike[str], key: str) -> str | None:
 def _unreadable(exc: Exception) -> str:
     if isinstance(exc, ValueError) and "too large" in str(exc).lower():  # Pillow's text-chunk limit
         return f"its embedded text is too large ({exc})"
-    return f"not an image Pillow can read ({type(exc).__name__}: {exc})"
+    detail = str(exc)
+    if "cannot identify image file" in detail:  # Pillow names the file again: the caller already does
+        detail = "cannot identify the image format"
+    return f"not an image Pillow can read ({type(exc).__name__}: {detail})"
 
 
 def regular_file(path: str | os.PathLike[str]) -> Path:
