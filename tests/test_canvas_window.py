@@ -259,6 +259,7 @@ def test_queue_gallery_run_to_here(xdisplay, tmp_path):
         pytest.skip("xdotool not found: apt-get install -y xdotool")
     report = scenario("queue_gallery", xdisplay, tmp_path)
     assert report["still_typing"] and report["ran_with"] == 0.25  # Ctrl+Enter committed the typed value first
+    assert report["size_with_thumb"] == report["size_before_thumb"]  # the thumbnail had its room: no node grows
     assert report["queued"][-3:] == ["run 1/3", "run 2/3", "run 3/3"]
     assert report["queue_states"] == ["completed"] * 4 and len(report["seeds"]) == 3
     assert report["gallery_images"] >= 4 and report["viewer_image"] == report["newest"]
@@ -859,6 +860,7 @@ def scenario_editing(d: Driver) -> dict:
 
 def scenario_queue_gallery(d: Driver) -> dict:
     dpg, c, view, report = d.dpg, d.c, d.view, {}
+    report["size_before_thumb"] = list(dpg.get_item_rect_size(view.nodes["show"].node))
     # a value still being typed is what Ctrl+Enter runs with
     widget = view.nodes["blend"].inputs["alpha"].widget
     x, y = d.center(widget)
@@ -870,6 +872,8 @@ def scenario_queue_gallery(d: Driver) -> dict:
     d.xdo("key", "ctrl+Return", frames=4)
     d.until(lambda: not c.is_running)
     report["ran_with"] = c.invoker.get_session(c.queue[0].session_id).graph.nodes["blend"].values.get("alpha")
+    d.frames(3)
+    report["size_with_thumb"] = list(dpg.get_item_rect_size(view.nodes["show"].node))
     # Run x3 from the toolbar: three queue entries, three new seeds, the queue panel and the gallery
     dpg.set_value(view.run_count, 3)
     d.xdo("mousemove", *map(str, d.center(view.queue_button)))

@@ -37,6 +37,7 @@ LOG_LINES = 200
 NO_MODELS = "(no models found: see Settings)"
 ITEM_SPACING = 8  # Dear ImGui's default horizontal item spacing (the style is not changed)
 GALLERY_THUMB = 96
+BUTTON_PAD = 1  # an image button's frame around its image, each side
 GALLERY_SHOWN = 48  # thumbnails drawn in the gallery window (the newest)
 FONT_FILES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf",
               "/Library/Fonts/Arial.ttf", "C:/Windows/Fonts/arial.ttf")
@@ -596,7 +597,7 @@ class CanvasView:
                     items.error_tip = dpg.add_text("", wrap=360)
                 items.progress = dpg.add_progress_bar(default_value=0.0, width=WIDGET_WIDTH, show=False)
                 if c.shows_image(node_id):  # the thumbnail's room from the start: the node never grows over others
-                    items.placeholder = dpg.add_spacer(width=THUMB, height=THUMB)
+                    items.placeholder = dpg.add_spacer(width=THUMB + 2 * BUTTON_PAD, height=THUMB + 2 * BUTTON_PAD)
         self.nodes[node_id] = items
         self.update_status(node_id)
 
@@ -689,9 +690,10 @@ class CanvasView:
             dpg.configure_item(items.static, show=not collapsed)
             dpg.configure_item(items.progress, width=width)
             thumb = max(16, int(THUMB * self.vp.zoom))
-            for item in (items.image, items.placeholder):
-                if item is not None:
-                    dpg.configure_item(item, width=thumb, height=thumb)
+            if items.image is not None:
+                dpg.configure_item(items.image, width=thumb, height=thumb)
+            if items.placeholder is not None:
+                dpg.configure_item(items.placeholder, width=thumb + 2 * BUTTON_PAD, height=thumb + 2 * BUTTON_PAD)
         if not items.snapshot or items.snapshot[2] != snapshot[2] or items.snapshot[4] != zoom:
             dpg.set_item_pos(items.node, self.vp.to_grid(snapshot[2]))
         if not items.snapshot or items.snapshot[5] != snapshot[5]:
