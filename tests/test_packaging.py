@@ -32,7 +32,7 @@ APP_DIR = ROOT / "dist" / "invoke-nodes"
 EXE = APP_DIR / ("invoke-nodes-cli.exe" if os.name == "nt" else "invoke-nodes")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["version"]
 # every folder the app keeps in the user's data dir (services.config.Settings.ensure_dirs)
-USER_FOLDERS = ("config", "models", "outputs", "sessions", "plugins")
+USER_FOLDERS = ("config", "models", "outputs", "sessions", "plugins", "logs")  # logs: the log file of node tracebacks
 
 PLUGIN = '''
 # standard modules the app itself does not use: the build ships the whole standard library for plugins
