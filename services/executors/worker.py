@@ -232,13 +232,13 @@ class WorkerExecutor(Executor):
                 continue  # the loop's top sends it on
             heard = time.monotonic()
             if op == "progress":
-                report(message["step"], message["total"], message["message"], _decode(message.get("preview")))
+                report(message["step"], message["total"], message["message"], decode_preview(message.get("preview")))
             elif op == "graph":
                 worker.send({"op": "graph", "id": request_id, "graph": call.graph()})
             elif op == "done":
                 return message["outputs"]
             elif op == "error":
-                _raise(message)
+                raise_reply(message)
             elif op == "gone":
                 raise NodeFailedError(f"the AI worker stopped ({worker.ended()}) while running {what}; "
                                       "the next run starts a new one")
@@ -267,7 +267,7 @@ class WorkerExecutor(Executor):
             return False
 
 
-def _decode(preview: bytes | None) -> Image.Image | None:
+def decode_preview(preview: bytes | None) -> Image.Image | None:
     if preview is None:
         return None
     image = Image.open(io.BytesIO(preview))
@@ -275,12 +275,12 @@ def _decode(preview: bytes | None) -> Image.Image | None:
     return image
 
 
-def _raise(message: dict[str, Any]) -> None:
+def raise_reply(message: dict[str, Any]) -> None:
     kind = message["kind"]
     if kind == "canceled":
         raise CanceledError()
     if kind == "input":
         raise NodeInputError(message["field"], message["message"])
     if message.get("traceback"):
-        log.warning("a node failed in the AI worker:\n%s", message["traceback"])
+        log.warning("a node failed in a worker:\n%s", message["traceback"])
     raise NodeFailedError(message["message"])

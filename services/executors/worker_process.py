@@ -165,26 +165,10 @@ class WorkerState:
                 self.running.pop(job.message["id"], None)
 
     def run(self, job: _Job) -> None:
-        from services.executors.base import NodeCall
-
-        message = job.message
-        request_id = message["id"]
-        try:
-            cls = _node_class(message["type"], message["module"])
-            invocation = cls.model_validate(message["values"])
-            call = NodeCall(invocation, message["session_id"], message["node_id"],
-                            tuple(tuple(pair) for pair in message["index"]), self._graph_asker(job))
-            outputs = self.services.executor.execute(call, self._reporter(request_id), job.cancel)
-        except CanceledError:
-            self.outbox.put({"op": "error", "id": request_id, "kind": "canceled"})
-        except NodeInputError as exc:
-            self.outbox.put({"op": "error", "id": request_id, "kind": "input", "field": exc.field, "message": str(exc)})
-        except Exception as exc:  # the node failed: the app shows the message, its log keeps the traceback
-            line = failure_line(message["node_id"], message["type"], exc, self.services.settings.data_dir)
-            self.outbox.put({"op": "error", "id": request_id, "kind": "failed", "message": line,
-                             "traceback": traceback.format_exc()})
-        else:
-            self.outbox.put({"op": "done", "id": request_id, "outputs": outputs})
+        request_id = job.message["id"]
+        reply = run_request(self.services, job.message, self._graph_asker(job),
+                            throttled_reporter(self.outbox.put, request_id), job.cancel)
+        self.outbox.put({**reply, "id": request_id})
 
     def _graph_asker(self, job: _Job) -> Callable[[], Any]:
         def graph() -> Any:
@@ -193,20 +177,45 @@ class WorkerState:
 
         return graph
 
-    def _reporter(self, request_id: int) -> Callable[[int, int, str, Image.Image | None], None]:
-        last_preview = 0.0
 
-        def report(step: int, total: int, message: str, preview: Image.Image | None) -> None:
-            nonlocal last_preview
-            now = time.monotonic()
-            if preview is not None and (now - last_preview >= PREVIEW_INTERVAL_S or step >= total):
-                last_preview = now
-            else:
-                preview = None
-            self.outbox.put({"op": "progress", "id": request_id, "step": step, "total": total, "message": message,
-                             "preview": None}, preview)
+def run_request(services: Any, message: dict[str, Any], graph: Callable[[], Any], report: Callable[..., None],
+                cancel: threading.Event) -> dict[str, Any]:
+    """Run the node a "run" message describes with these services; the reply: {"op": "done",
+    "outputs"} or {"op": "error", "kind": canceled | input | failed, ...} (shared by every worker)."""
+    from services.executors.base import NodeCall
 
-        return report
+    try:
+        cls = _node_class(message["type"], message["module"])
+        invocation = cls.model_validate(message["values"])
+        call = NodeCall(invocation, message["session_id"], message["node_id"],
+                        tuple(tuple(pair) for pair in message["index"]), graph)
+        outputs = services.executor.execute(call, report, cancel)
+    except CanceledError:
+        return {"op": "error", "kind": "canceled"}
+    except NodeInputError as exc:
+        return {"op": "error", "kind": "input", "field": exc.field, "message": str(exc)}
+    except Exception as exc:  # the node failed: the app shows the message, its log keeps the traceback
+        line = failure_line(message["node_id"], message["type"], exc, services.settings.data_dir)
+        return {"op": "error", "kind": "failed", "message": line, "traceback": traceback.format_exc()}
+    return {"op": "done", "outputs": outputs}
+
+
+def throttled_reporter(put: Callable[[dict[str, Any], Image.Image | None], None], request_id: Any) -> Callable[..., None]:
+    """A node's progress as `put(message, preview)` calls, with a preview at most ~20 times a second
+    (and the last one always); the sender encodes previews (encode_preview) off the node's loop."""
+    last_preview = 0.0
+
+    def report(step: int, total: int, message: str, preview: Image.Image | None) -> None:
+        nonlocal last_preview
+        now = time.monotonic()
+        if preview is not None and (now - last_preview >= PREVIEW_INTERVAL_S or step >= total):
+            last_preview = now
+        else:
+            preview = None
+        put({"op": "progress", "id": request_id, "step": step, "total": total, "message": message, "preview": None},
+            preview)
+
+    return report
 
 
 def _node_class(node_type: str, module: str) -> Any:
