@@ -1,6 +1,7 @@
-"""The invoker: the one entry point apps use.  It creates, stores, forks and runs sessions on a
-background worker thread, with cancel and events (see services.engine.events), and answers what
-else apps need: images, models, settings, watching a session's events."""
+"""The invoker: the one entry point apps use.  It creates, stores, forks and runs sessions on
+background runner threads (one per node the executor runs at once: one, or one per cluster worker),
+with cancel and events (see services.engine.events), and answers what else apps need: images,
+models, settings, watching a session's events."""
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,7 @@ class Invoker:
         self._pending: dict[str, int] = {}
         self._finished: dict[str, bool] = {}  # session id -> its last run ended without a cancel
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         if start:
             self.start()
 
@@ -137,6 +138,11 @@ class Invoker:
 
     def unrecognized_models(self) -> list[UnrecognizedFile]:
         return self.services.executor.unrecognized_models()
+
+    def cluster(self) -> dict[str, Any]:
+        """Where nodes run: the executor kind and its workers (device, models held, what each runs
+        now; none without a cluster)."""
+        return {"executor": self.services.executor_kind, "workers": self.services.executor.workers()}
 
     @contextlib.contextmanager
     def watch(self, listener: Callback, session_id: str | None = None) -> Iterator[None]:
@@ -244,17 +250,19 @@ class Invoker:
     # --- the worker --------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._work, name="invoker", daemon=True)
-            self._thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()]
+        for number in range(len(self._threads), self.services.executor.parallelism):
+            thread = threading.Thread(target=self._work, name=f"invoker-{number}" if number else "invoker", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Cancel what runs, stop the worker thread and the executor (the AI worker process ends)."""
+        """Cancel what runs, stop the runner threads and the executor (worker processes end)."""
         for session_id in list(self._pending):
             self.cancel(session_id)
         self.services.queue.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
         self.services.executor.shutdown()
 
     def _work(self) -> None:
@@ -273,9 +281,10 @@ class Invoker:
                 self.services.sessions.save(session)
             except SessionNotFoundError:
                 log.error("queued session %s no longer exists", job.session_id)
-            except Exception:  # the worker must survive anything a job does
+            except Exception:  # the runner must survive anything a job does
                 log.exception("invoker job on session %s failed", job.session_id)
             finally:
+                queue.done(job)
                 with self._cond:
                     left = self._pending.get(job.session_id, 1) - 1
                     if left > 0:

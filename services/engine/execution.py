@@ -14,6 +14,7 @@ import functools
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import ValidationError
@@ -146,15 +147,26 @@ class SessionRun:
         """Run every instance of a node; returns False when canceled."""
         with self.session.lock:
             self.session.results[node.id] = [NodeResult(node.id, RUNNING)]
+        instances = self._instances(node)
         rows: list[NodeResult] = []
-        for index, linked in self._instances(node):
-            if self.cancel.is_set():
-                rows.append(NodeResult(node.id, CANCELED, index, error="canceled"))
-                break
-            produced = self._run_instance(node, index, linked)
-            rows.extend(produced)
-            if produced and produced[-1].state == CANCELED:
-                break
+        if node.cls.runs_in_worker and len(instances) > 1 and (parallel := self.services.executor.parallelism) > 1:
+            # Fan-out items of a worker node go to the cluster's workers side by side.
+            with ThreadPoolExecutor(min(parallel, len(instances)), thread_name_prefix=f"fan-out-{node.id}") as pool:
+                done = pool.map(lambda instance: self._run_instance(node, *instance), instances)
+                for instance_rows in done:
+                    rows.extend(instance_rows)
+            canceled = next((i for i, row in enumerate(rows) if row.state == CANCELED), None)
+            if canceled is not None:
+                del rows[canceled + 1:]
+        else:
+            for index, linked in instances:
+                if self.cancel.is_set():
+                    rows.append(NodeResult(node.id, CANCELED, index, error="canceled"))
+                    break
+                produced = self._run_instance(node, index, linked)
+                rows.extend(produced)
+                if produced and produced[-1].state == CANCELED:
+                    break
         self._finish(node.id, rows)
         return not any(r.state == CANCELED for r in rows)
 

@@ -1,4 +1,6 @@
-"""The invocation queue: jobs (session id + run mode) waiting for the invoker's worker."""
+"""The invocation queue: jobs (session id + run mode) waiting for the invoker's runner threads.
+A session runs on one runner at a time: `get` hands out a job only while no other job of its
+session is out, and `done` gives the session back."""
 from __future__ import annotations
 
 import threading
@@ -20,7 +22,11 @@ class InvocationQueue(ABC):
 
     @abstractmethod
     def get(self, timeout: float | None = None) -> Job | None:
-        """The next job, or None after `timeout` seconds or once closed."""
+        """The next job whose session is not running, or None after `timeout` seconds or once closed."""
+
+    @abstractmethod
+    def done(self, job: Job) -> None:
+        """The job that `get` handed out has finished: its session's next job may go."""
 
     @abstractmethod
     def remove(self, session_id: str) -> int:
@@ -59,6 +65,7 @@ class MemoryInvocationQueue(InvocationQueue):
         self._cond = threading.Condition()
         self._closed = False
         self._paused = False
+        self._out: set[str] = set()  # sessions with a job handed out
 
     def put(self, job: Job) -> None:
         with self._cond:
@@ -67,9 +74,25 @@ class MemoryInvocationQueue(InvocationQueue):
 
     def get(self, timeout: float | None = None) -> Job | None:
         with self._cond:
-            if (not self._jobs or self._paused) and not self._closed:
+            job = self._next()
+            if job is None and not self._closed:
                 self._cond.wait(timeout)
-            return self._jobs.popleft() if self._jobs and not self._closed and not self._paused else None
+                job = self._next()
+            if job is None or self._closed:
+                return None
+            self._jobs.remove(job)
+            self._out.add(job.session_id)
+            return job
+
+    def _next(self) -> Job | None:
+        if self._paused:
+            return None
+        return next((job for job in self._jobs if job.session_id not in self._out), None)
+
+    def done(self, job: Job) -> None:
+        with self._cond:
+            self._out.discard(job.session_id)
+            self._cond.notify_all()
 
     def pause(self, paused: bool) -> None:
         with self._cond:

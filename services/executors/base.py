@@ -32,6 +32,9 @@ class NodeCall:
 
 
 class Executor(ABC):
+    # How many nodes it runs at once: the invoker runs this many sessions side by side.
+    parallelism: int = 1
+
     @abstractmethod
     def execute(self, call: NodeCall, report: ProgressReport, cancel: threading.Event) -> list[dict[str, Any]]:
         """Run one node and return its outputs as JSON data, one dict per item (one for a node that
@@ -50,6 +53,11 @@ class Executor(ABC):
     def cancel(self, session_id: str) -> None:
         """The session's cancel flag was just set: an executor that checks it only now and then
         passes it on at once."""
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Where nodes run, for status displays: one dict per worker (id, node, device, models it
+        holds, what it runs now).  Empty for executors that run here."""
+        return []
 
     def settings_changed(self) -> None:
         """The user changed settings (models folder, device, ...): pick them up before the next node."""
