@@ -44,6 +44,9 @@ class Settings:
     compile: str = "off"
     # The API's executor: "in-process", or "worker" (models in a separate process, as the canvas does).
     api_executor: str = "in-process"
+    # Run generation on Ray instead (the "ray" executor; the canvas uses it when set): "local" or
+    # "local:N" (a Ray on this machine with a worker per GPU, or N workers), or "ray://HOST:PORT".
+    cluster: str = ""
     # A node in the AI worker that reports nothing for this long is taken as hung: the worker is stopped.
     worker_hang_s: float = 900.0
     ram_cache_gb: float = 6.0

@@ -16,8 +16,8 @@ from services.engine.queue import InvocationQueue, MemoryInvocationQueue
 from services.stores.sessions import DiskSessionStore, SessionStore
 
 
-IN_PROCESS, WORKER = "in-process", "worker"
-EXECUTOR_KINDS = (IN_PROCESS, WORKER)
+IN_PROCESS, WORKER, RAY = "in-process", "worker", "ray"
+EXECUTOR_KINDS = (IN_PROCESS, WORKER, RAY)
 
 
 def _local_model_manager(settings: Settings) -> Any:
@@ -44,7 +44,8 @@ class Services:
     @classmethod
     def local(cls, settings: Settings | None = None, executor: str = IN_PROCESS) -> "Services":
         """executor: "in-process" runs every node here; "worker" runs the nodes that declare
-        `runs_in_worker` in one AI worker process, so this process never imports torch."""
+        `runs_in_worker` in one AI worker process, so this process never imports torch; "ray" runs
+        them on the Ray workers of `settings.cluster` (the `cluster` extra)."""
         if executor not in EXECUTOR_KINDS:
             raise ValueError(f"unknown executor '{executor}' (use one of: {', '.join(EXECUTOR_KINDS)})")
         settings = settings or Settings.load()
@@ -66,6 +67,10 @@ class Services:
                         from services.executors.worker import WorkerExecutor
 
                         self._executor = WorkerExecutor(self.settings, local)
+                    elif self.executor_kind == RAY:
+                        from services.executors.cluster import ClusterExecutor
+
+                        self._executor = ClusterExecutor(self.settings, local)
                     else:
                         self._executor = local
         return self._executor

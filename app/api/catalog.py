@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from nodes.base import REGISTRY, BaseInvocation
 
 from .errors import ApiError
-from .schemas import ModelList, NodeInfo
+from .schemas import ClusterInfo, ModelList, NodeInfo
 from .sessions import get_invoker
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
@@ -48,6 +48,11 @@ def list_models(kind: str | None = Query(None, description="main, vae, upscaler,
     except ValueError as exc:  # an unknown kind
         raise ApiError(422, "invalid_request", str(exc), field="kind") from None
     return {"available": True, "items": [_jsonable(item) for item in items], "unrecognized": unrecognized}
+
+
+@router.get("/cluster", response_model=ClusterInfo, summary="Where nodes run: the cluster's workers and what each runs")
+def cluster(invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    return invoker.cluster()
 
 
 def _jsonable(item: Any) -> Any:

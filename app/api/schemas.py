@@ -224,6 +224,12 @@ class ModelList(BaseModel):
                                                       description="Files in the models folders that are not models, and why")
 
 
+class ClusterInfo(BaseModel):
+    executor: str = Field(description="Where generation nodes run: in-process, worker or ray")
+    workers: list[dict[str, Any]] = Field(description="The Ray workers (none for the other executors): id, node, "
+                                                       "device, models it holds, running (what it runs now), state")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str

@@ -38,6 +38,10 @@ class ImageStore(ABC):
              graph: dict[str, Any] | None = None) -> ImageField: ...
 
     @abstractmethod
+    def put_png(self, name: str, data: bytes) -> None:
+        """Keep a PNG made elsewhere (by a worker on another machine) under its name."""
+
+    @abstractmethod
     def get(self, name: str | ImageField) -> Image.Image: ...
 
     @abstractmethod
@@ -117,6 +121,9 @@ class DiskImageStore(ImageStore):
         atomic_write_bytes(self.folder / name, encode_png(image, metadata))
         self._cache.put(name, image.copy())
         return ImageField(image_name=name)
+
+    def put_png(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self.path(name), data)
 
     def path(self, name: str | ImageField) -> Path:
         text = _name(name)
