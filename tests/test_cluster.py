@@ -20,15 +20,12 @@ from services.engine.session import COMPLETED, FAILED
 from services.invoker import Invoker
 from tests import worker_nodes  # noqa: F401 - the test nodes; the Ray workers import them by name
 
-ray = pytest.importorskip("ray")
-
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
-
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """One small local Ray for the module (room for two executors of two one-CPU workers) and the
     tiny models, written once."""
+    ray = pytest.importorskip("ray")
     from services.models import demo as demo_models
 
     root = tmp_path_factory.mktemp("cluster")
@@ -85,6 +82,8 @@ def run_graph(invoker: Invoker, nodes: list[dict], links=(), listener=None):
     return session
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
 def test_a_batch_of_sessions_uses_every_worker_with_in_process_pixels(invoker, in_process):
     before = nodes_run(invoker)
     progress: dict[str, list[int]] = {}
@@ -106,6 +105,8 @@ def test_a_batch_of_sessions_uses_every_worker_with_in_process_pixels(invoker, i
     assert all(w["models"] == ["tiny-sd1"] for w in workers(invoker))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
 def test_fan_out_branches_go_to_both_workers_in_order(invoker, in_process):
     nodes = [{"id": "seeds", "type": "range", "start": 10, "stop": 14}, {"id": "each", "type": "iterate"},
              {**txt2img(0), "id": "gen"}, {"id": "all", "type": "collect"}]
@@ -121,6 +122,7 @@ def test_fan_out_branches_go_to_both_workers_in_order(invoker, in_process):
     assert len(session.results["all"][0].outputs["collection"]) == 4
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_node_is_restarted_and_the_node_runs_again_on_another(invoker):
     steps, killed = [], []
 
@@ -147,6 +149,7 @@ def test_a_worker_killed_mid_node_is_restarted_and_the_node_runs_again_on_anothe
     assert restarted["restarts"] == 1 and restarted["pid"] != killed[0]["pid"]
 
 
+@pytest.mark.slow
 def test_a_node_that_kills_every_worker_fails_once_retried_and_the_rest_completes(invoker):
     session = invoker.create_session({"nodes": [{"id": "crash", "type": "test_worker_crash", "how": "exit"},
                                                 {"id": "sibling", "type": "test_worker_pid"}]})
@@ -158,6 +161,7 @@ def test_a_node_that_kills_every_worker_fails_once_retried_and_the_rest_complete
     assert session.results["sibling"][0].state == COMPLETED
 
 
+@pytest.mark.slow
 def test_cancel_reaches_the_worker_within_one_step(invoker):
     steps, started, canceled = [], threading.Event(), threading.Event()
 
@@ -183,6 +187,8 @@ def test_cancel_reaches_the_worker_within_one_step(invoker):
     assert session.results["s"][0].state == "canceled"
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
 def test_images_cross_through_the_object_store_without_a_shared_folder(root, in_process):
     from services.executors.cluster import ClusterExecutor
     from services.executors.local import InProcessExecutor
@@ -206,6 +212,7 @@ def test_images_cross_through_the_object_store_without_a_shared_folder(root, in_
         invoker.shutdown()
 
 
+@pytest.mark.slow
 def test_the_api_reports_the_cluster(invoker):
     from fastapi.testclient import TestClient
 
@@ -218,12 +225,19 @@ def test_the_api_reports_the_cluster(invoker):
     assert all(w["device"] == "CPU" and w["state"] in ("idle", "busy") for w in body["workers"])
 
 
-def test_without_ray_the_option_says_how_to_install_it(monkeypatch, user_root):
-    from services.executors import cluster
+def test_without_ray_the_api_option_says_how_to_install_it(monkeypatch, user_root, capsys):
+    from app.api.server import main
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ImportError, match=r"pip install -e '\.\[cluster\]'"):
-        cluster.import_ray()
+    assert main(["--cluster", "local:2"]) == 2
+    assert capsys.readouterr().err.strip() == "invoke-nodes api: the Ray executor needs the cluster extra: pip install -e '.[cluster]'"
+
+
+def test_a_bad_cluster_address_stops_the_api_with_what_works(user_root, capsys):
+    from app.api.server import main
+
+    assert main(["--cluster", "remote"]) == 2
+    assert "unknown cluster 'remote': use local, local:N (N workers) or ray://HOST:PORT" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("address, parsed", [("local", (None, None)), ("local:3", (None, 3)),

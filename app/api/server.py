@@ -16,9 +16,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
                         help=f"require this token on every request and socket (default: ${TOKEN_ENV})")
     parser.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted request body (default 32 MiB)")
-    parser.add_argument("--executor", choices=("in-process", "worker"), default=None,
-                        help="where generation nodes run: this process, or a separate AI worker process "
-                             "(default: the api_executor setting, in-process)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--executor", choices=("in-process", "worker"), default=None,
+                       help="where generation nodes run: this process, or a separate AI worker process "
+                            "(default: the api_executor setting, in-process)")
+    where.add_argument("--cluster", metavar="WHERE", default=None,
+                       help="run generation nodes on Ray: local (a worker per GPU), local:N (N workers) or "
+                            "ray://HOST:PORT (a running cluster); needs pip install -e '.[cluster]'")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return parser.parse_args(argv)
 
@@ -48,14 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from services.config import Settings
-    from services.container import Services
+    from services.container import RAY, Services
     from services.invoker import Invoker
 
     from .app import create_app
     from .guard import LOOPBACK_HOSTS
 
     settings = Settings.load()
-    invoker = Invoker(Services.local(settings, executor=args.executor or settings.api_executor))
+    executor = args.executor or settings.api_executor
+    if args.cluster is not None:
+        settings.cluster, executor = args.cluster, RAY
+    try:
+        invoker = Invoker(Services.local(settings, executor=executor))
+    except (ImportError, ValueError, ConnectionError) as exc:  # no Ray, or a cluster address it cannot use
+        print(f"invoke-nodes api: {exc}", file=sys.stderr)
+        return 2
     for error in invoker.plugin_errors:
         print(f"warning: {error}", file=sys.stderr)
     app = create_app(invoker, token=args.token, allowed_hosts=(LOOPBACK_HOSTS | {args.host}) if loopback else None,

@@ -60,7 +60,8 @@ def open_window(args: argparse.Namespace) -> tuple[Invoker, CanvasController, Ca
     tests start the same way): the file, else the last workflow, else the demo graph; then the
     offer to restore what a crashed canvas left unsaved (it takes precedence when accepted)."""
     # imported only now: the engine and Dear PyGui are not needed to print a display problem
-    from services.container import WORKER, Services
+    from services.config import Settings
+    from services.container import RAY, WORKER, Services
     from services.invoker import Invoker
 
     from .controller import CanvasController
@@ -68,8 +69,10 @@ def open_window(args: argparse.Namespace) -> tuple[Invoker, CanvasController, Ca
     from .view import CanvasView
 
     # Generation and restoration nodes run in the AI worker process: torch next to the window's
-    # OpenGL driver can crash it (Mesa and triton each bring an LLVM), and a crashing node must not.
-    invoker = Invoker(Services.local(executor=WORKER))
+    # OpenGL driver can crash it (Mesa and triton each bring an LLVM), and a crashing node must not;
+    # or on the Ray workers of the `cluster` setting.
+    settings = Settings.load()
+    invoker = Invoker(Services.local(settings, executor=RAY if settings.cluster else WORKER))
     controller = CanvasController(invoker)
     recovery = Recovery(controller.settings.data_dir / "recovery")
     found = recovery.find()  # read before anything here can change it
