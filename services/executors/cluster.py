@@ -94,11 +94,24 @@ class NodeWorker:
         from nodes.discovery import load_all_nodes
 
         load_all_nodes(settings.plugins_dir)
+        self.warm = threading.Event()
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self.services = Services.local(settings)
         self.configure(settings, marker)
         self.cancels: dict[int, threading.Event] = {}
         self.running: dict[str, Any] | None = None
         self.nodes_run = 0
+
+    def _warm_up(self) -> None:
+        """Import torch and diffusers now: every node sent here needs them, and the first one
+        should pay only for its model."""
+        try:
+            import nodes.core.diffusion  # noqa: F401
+            from services.models.loading import pipeline_class
+
+            pipeline_class("sd1")
+        finally:
+            self.warm.set()
 
     def configure(self, settings: Settings, marker: tuple[str, str] | None) -> None:
         """marker: (path, text) of a file in the app's outputs folder; None to ship every image."""
@@ -116,6 +129,7 @@ class NodeWorker:
         """Run one node; yields its progress messages, then its reply (a Ray streaming generator)."""
         import ray
 
+        self.warm.wait()  # a node importing diffusers beside the warm-up thread breaks diffusers' imports
         images = self.services.images
         for name, ref in request["images"].items():
             if not images.exists(name):
@@ -162,7 +176,8 @@ class NodeWorker:
         gpus = ray.get_gpu_ids()
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(),
                 "device": f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU",
-                "models": stats.ids_on_gpu + stats.ids_in_ram, "running": self.running, "nodes_run": self.nodes_run,
+                "models": stats.ids_on_gpu + stats.ids_in_ram, "load_s": self.services.models.load_seconds,
+                "running": self.running, "nodes_run": self.nodes_run, "warm": self.warm.is_set(),
                 "shared_outputs": self.shared}
 
     def list_models(self, kind: str | None) -> list[ModelInfo]:
@@ -206,7 +221,7 @@ class ClusterExecutor(Executor):
             if remote is not None:
                 ray.init(address=remote, logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=max(count or 0, os.cpu_count() or 1), include_dashboard=False,
+                ray.init(address="local", num_cpus=max(count or 0, os.cpu_count() or 1), include_dashboard=False,
                          object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.WARNING)
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))

@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -456,6 +457,7 @@ class LocalModelManager(ModelManager):
         self._unrecognized: list[UnrecognizedFile] = []
         self._cache: ModelCache | None = None
         self._device: str | None = None
+        self.load_seconds: dict[str, float] = {}  # how long each model took to load from disk, last time
 
     # --- settings-derived choices ----------------------------------------------------------
 
@@ -605,6 +607,7 @@ class LocalModelManager(ModelManager):
         if entry is None:
             from services.models.loading import load_from_disk, model_bytes
 
+            started = time.perf_counter()
             try:
                 model = load_from_disk(info, self.dtype_name, self.cache_dir, self.device)
             except (ValueError, OSError) as exc:  # written for users (a refused pickle, an unreadable file)
@@ -613,6 +616,7 @@ class LocalModelManager(ModelManager):
                 log.warning("loading model %s (%s) failed", model_id, info.path, exc_info=True)
                 raise ModelLoadError(model_id, f"cannot load model '{model_id}' ({info.path}): the file looks like a "
                                      f"{info.kind} model but does not load ({type(exc).__name__}: {_first_line(exc)})") from None
+            self.load_seconds[model_id] = time.perf_counter() - started
             entry = cache.put(model_id, model, model_bytes(model))
         if self.on_gpu:
             cache.to_gpu(model_id)
