@@ -162,12 +162,14 @@ def test_a_node_that_kills_every_worker_fails_once_retried_and_the_rest_complete
 
 
 @pytest.mark.slow
-def test_cancel_reaches_the_worker_within_one_step(invoker):
-    steps, started, canceled = [], threading.Event(), threading.Event()
+def test_cancel_reaches_the_worker_within_one_step_and_previews_stream_back(invoker):
+    steps, previews, started, canceled = [], [], threading.Event(), threading.Event()
 
     def listen(event):
         if event.type == NODE_PROGRESS:
             steps.append(event.data["step"])
+            if "preview" in event.data:
+                previews.append(event.data["preview"])
             if event.data["step"] >= 3:
                 started.set()
         elif event.type == SESSION_CANCELED:
@@ -185,6 +187,8 @@ def test_cancel_reaches_the_worker_within_one_step(invoker):
     assert took < 0.05 + 0.05 + 0.5  # the step in flight, the cancel poll, and slack for a loaded machine
     assert len(steps) - at_cancel <= 3
     assert session.results["s"][0].state == "canceled"
+    assert previews and all(max(p.size) == 256 for p in previews)  # 512x512 previews shrink before they cross
+    assert previews[-1].getpixel((0, 0))[0] >= steps[-1] - 2  # a recent frame (its red is its step), not a stale one
 
 
 @pytest.mark.slow

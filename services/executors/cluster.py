@@ -44,6 +44,7 @@ INSTALL_HINT = "the Ray executor needs the cluster extra: pip install -e '.[clus
 POLL_S = 0.05  # how often a waiting node looks at its cancel flag
 CALL_TIMEOUT_S = 600.0  # a model scan of a large folder (the worker imports torch first)
 DESCRIBE_TIMEOUT_S = 2.0
+START_TIMEOUT_S = 300.0  # Ray starts a worker process per actor (a machine of a cluster may be slow to join)
 # A local Ray's shared memory: only PNGs and previews cross it (models and latents stay in the workers).
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 CONTROL = "control"  # the actors' concurrency group for cancels and questions while a node runs
@@ -239,7 +240,13 @@ class ClusterExecutor(Executor):
         self._free = threading.Condition()
         self._ids = itertools.count(1)
         self._lost_errors = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-        ray.get([slot.actor.describe.options(concurrency_group=CONTROL).remote() for slot in self._slots])  # started
+        try:
+            ray.get([slot.actor.describe.options(concurrency_group=CONTROL).remote() for slot in self._slots],
+                    timeout=START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise ConnectionError(f"{count} Ray workers did not start within {START_TIMEOUT_S:.0f} s on a cluster "
+                                  f"of {gpus} GPUs and {cpus} CPUs") from None
         log.info("Ray executor: %d workers (%s)", count, placement)
 
     def _marker_for_workers(self) -> tuple[str, str] | None:
