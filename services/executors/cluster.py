@@ -239,6 +239,7 @@ class ClusterExecutor(Executor):
                        for number in range(count)]
         self._free = threading.Condition()
         self._ids = itertools.count(1)
+        self._requests: dict[int, tuple[str, _Slot]] = {}  # running nodes: request id -> (session id, worker)
         self._lost_errors = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
         try:
             ray.get([slot.actor.describe.options(concurrency_group=CONTROL).remote() for slot in self._slots],
@@ -307,7 +308,8 @@ class ClusterExecutor(Executor):
                 cancel: threading.Event) -> list[dict[str, Any]]:
         ray = self.ray
         stream = slot.actor.run.options(num_returns="streaming").remote(request)
-        cancel_sent = False
+        self._requests[request["id"]] = (request["session_id"], slot)
+        cancel_sent = False  # cancel() sends it at once; this covers a cancel from before the node started
         try:
             while True:
                 if cancel.is_set() and not cancel_sent:
@@ -332,6 +334,15 @@ class ClusterExecutor(Executor):
                     raise_reply(message)
         except self._lost_errors as exc:
             raise WorkerLost(_first_line(exc)) from None
+        finally:
+            self._requests.pop(request["id"], None)
+
+    def cancel(self, session_id: str) -> None:
+        for request_id, (owner, slot) in list(self._requests.items()):
+            if owner == session_id:
+                slot.actor.cancel.options(concurrency_group=CONTROL).remote(request_id)
+        with self._free:
+            self._free.notify_all()  # nodes of the session waiting for a free worker give up now
 
     # --- questions for where the models are -----------------------------------------------------
 
