@@ -122,6 +122,38 @@ def test_fan_out_branches_go_to_both_workers_in_order(invoker, in_process):
     assert len(session.results["all"][0].outputs["collection"]) == 4
 
 
+def granular(seed: int) -> tuple[list[dict], list[tuple[str, str, str, str]]]:
+    """loader -> prompts -> empty latents -> denoise -> decode: latents and conditioning pass between nodes."""
+    nodes = [{"id": "model", "type": "main_model_loader", "model": "tiny-sd1"},
+             {"id": "pos", "type": "prompt", "prompt": "a red cube"}, {"id": "neg", "type": "prompt", "prompt": ""},
+             {"id": "empty", "type": "empty_latent", "width": 64, "height": 64},
+             {"id": "denoise", "type": "denoise_latents", "steps": 2, "seed": seed}, {"id": "decode", "type": "vae_decode"}]
+    links = [("model", "clip", "pos", "clip"), ("model", "clip", "neg", "clip"), ("model", "unet", "denoise", "unet"),
+             ("model", "vae", "decode", "vae"), ("empty", "latents", "denoise", "latents"),
+             ("pos", "conditioning", "denoise", "positive"), ("neg", "conditioning", "denoise", "negative"),
+             ("denoise", "latents", "decode", "latents")]
+    return nodes, links
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
+def test_latents_and_conditioning_stay_with_the_worker_that_made_them(invoker, in_process):
+    before = nodes_run(invoker)
+    sessions = []
+    for seed in range(4):  # side by side on both workers: each session's objects must not cross
+        nodes, links = granular(seed)
+        sessions.append(invoker.create_session({"nodes": nodes, "links": [
+            {"from_node": a, "from_field": b, "to_node": c, "to_field": d} for a, b, c, d in links]}))
+    for session in sessions:
+        invoker.invoke(session)
+    for session in sessions:
+        assert invoker.wait(session.id, 300)
+    assert all(after > first for after, first in zip(nodes_run(invoker), before))
+    for seed, session in enumerate(sessions):
+        reference = run_graph(in_process, *granular(seed))
+        assert np.array_equal(pixels(invoker, session.results["decode"][0]), pixels(in_process, reference.results["decode"][0]))
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_node_is_restarted_and_the_node_runs_again_on_another(invoker):
     steps, killed = [], []

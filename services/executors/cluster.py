@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from nodes.base import BaseInvocation, CanceledError
+from nodes.base import PIN_TYPES, CanceledError
 from services.config import Settings
 from services.engine.context import ProgressReport
 from services.models.manager import ModelInfo, UnrecognizedFile
@@ -239,6 +239,7 @@ class ClusterExecutor(Executor):
                        for number in range(count)]
         self._free = threading.Condition()
         self._ids = itertools.count(1)
+        self._objects: dict[str, _Slot] = {}  # latents and conditioning: which worker holds each
         self._requests: dict[int, tuple[str, _Slot]] = {}  # running nodes: request id -> (session id, worker)
         self._lost_errors = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
         try:
@@ -263,20 +264,27 @@ class ClusterExecutor(Executor):
         if not cls.runs_in_worker:
             return self.local.execute(call, report, cancel)
         values = call.invocation.model_dump(mode="json")
+        refs = _references(values)
         request = {"type": cls.node_type, "module": cls.__module__, "values": values, "session_id": call.session_id,
                    "node_id": call.node_id, "index": call.index, "graph": call.graph(),
                    "images": {name: self.ray.put(self.local.services.images.path(name).read_bytes())
-                              for name in _image_names(values)}}
-        models = _model_ids(cls, values)
+                              for name in refs["images"]}}
+        models = refs["models"] | {values[name] for name, port in cls.inputs().items()
+                                   if port.kind == "model" and values.get(name)}
         what = f"node '{call.node_id}' ({cls.node_type})"
+        holder = self._holder(refs["objects"], what)
         first: tuple[_Slot, str] | None = None
         while True:
-            slot = self._checkout(models, cancel, avoid=first[0] if first else None)
+            slot = self._checkout(models, cancel, avoid=first[0] if first else None, only=holder)
             try:
                 return self._run_on(slot, {**request, "id": next(self._ids)}, models, report, cancel)
             except WorkerLost as exc:
                 slot.lost += 1
                 slot.models.clear()
+                self._forget(slot)
+                if holder is not None:
+                    raise NodeFailedError(f"Ray worker {slot.number} stopped ({exc}) while running {what}, and the "
+                                          "latents or conditioning it read were held there; run the session again") from None
                 if first is not None:
                     raise NodeFailedError(f"Ray worker {first[0].number} stopped ({first[1]}) while running {what}, "
                                           f"and worker {slot.number}, which ran it again, stopped too ({exc})") from None
@@ -285,9 +293,29 @@ class ClusterExecutor(Executor):
             finally:
                 self._checkin(slot)
 
-    def _checkout(self, models: set[str], cancel: threading.Event, avoid: _Slot | None) -> _Slot:
-        """A free worker, preferring one that holds the node's models; waits while all are busy."""
-        candidates = [s for s in self._slots if s is not avoid] or self._slots
+    def _holder(self, objects: set[str], what: str) -> _Slot | None:
+        """The worker that holds the objects (latents, conditioning) a node reads: it must run there."""
+        holders = {self._objects.get(name) for name in objects}
+        if None in holders:
+            raise NodeFailedError(f"{what} reads latents or conditioning that no Ray worker holds any more (the worker "
+                                  "that made them stopped); run the session again")
+        if len(holders) > 1:
+            raise NodeFailedError(f"{what} reads latents or conditioning made on different Ray workers "
+                                  f"({', '.join(sorted(str(s.number) for s in holders))}); run the nodes that make them "
+                                  "in one session")
+        return holders.pop() if holders else None
+
+    def _forget(self, slot: _Slot) -> None:
+        """A lost worker's objects are gone with it."""
+        for name, holder in list(self._objects.items()):
+            if holder is slot:
+                del self._objects[name]
+
+    def _checkout(self, models: set[str], cancel: threading.Event, avoid: _Slot | None,
+                  only: _Slot | None = None) -> _Slot:
+        """A free worker (`only` that one), preferring one that holds the node's models; waits while
+        all are busy."""
+        candidates = [only] if only is not None else [s for s in self._slots if s is not avoid] or self._slots
         with self._free:
             while True:
                 free = [s for s in candidates if not s.busy]
@@ -327,6 +355,8 @@ class ClusterExecutor(Executor):
                     report(message["step"], message["total"], message["message"], decode_preview(message.get("preview")))
                 elif op == "done":
                     slot.models = models
+                    for name in _references(message["outputs"])["objects"]:
+                        self._objects[name] = slot
                     for name, data in message.get("images", {}).items():
                         self.local.services.images.put_png(name, data)
                     return message["outputs"]
@@ -408,17 +438,21 @@ def _first_line(exc: BaseException | None) -> str:
     return text[:300]
 
 
-def _image_names(value: Any) -> Iterator[str]:
-    """The stored images a node's input values name (ImageField dumps, in lists too)."""
-    if isinstance(value, dict):
-        if isinstance(value.get("image_name"), str):
-            yield value["image_name"]
-        for item in value.values():
-            yield from _image_names(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _image_names(item)
+def _references(value: Any) -> dict[str, set[str]]:
+    """What JSON values (a node's inputs or outputs) name, by where it is held: "images" (the image
+    store), "objects" (a worker's object store) and "models" (model ids), read from PIN_TYPES."""
+    found: dict[str, set[str]] = {"images": set(), "objects": set(), "models": set()}
 
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            for pin in PIN_TYPES.values():
+                if isinstance(item.get(pin.key), str):
+                    found[pin.store or "models"].add(item[pin.key])
+            for inner in item.values():
+                walk(inner)
+        elif isinstance(item, list):
+            for inner in item:
+                walk(inner)
 
-def _model_ids(cls: type[BaseInvocation], values: dict[str, Any]) -> set[str]:
-    return {values[name] for name, port in cls.inputs().items() if port.kind == "model" and values.get(name)}
+    walk(value)
+    return found
