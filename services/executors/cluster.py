@@ -45,7 +45,7 @@ POLL_S = 0.05  # how often a waiting node looks at its cancel flag
 CALL_TIMEOUT_S = 600.0  # a model scan of a large folder (the worker imports torch first)
 DESCRIBE_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 300.0  # Ray starts a worker process per actor (a machine of a cluster may be slow to join)
-# A local Ray's shared memory: only PNGs and previews cross it (models and latents stay in the workers).
+# A local Ray's shared memory: PNGs, previews and the odd latents cross it (models stay in the workers).
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 CONTROL = "control"  # the actors' concurrency group for cancels and questions while a node runs
 
@@ -135,6 +135,8 @@ class NodeWorker:
         for name, ref in request["images"].items():
             if not images.exists(name):
                 images.put_png(name, ray.get(ref))
+        for name, value in request["objects"].items():  # made on another worker
+            self.services.objects.adopt(name, value)
         if isinstance(images, _ShippedImages):
             images.saved.clear()
         messages: queue.SimpleQueue[tuple[dict[str, Any], Any]] = queue.SimpleQueue()  # (message, preview image)
@@ -186,6 +188,9 @@ class NodeWorker:
 
     def unrecognized_models(self) -> list[UnrecognizedFile]:
         return self.services.models.unrecognized()
+
+    def export_objects(self, names: list[str]) -> dict[str, Any]:
+        return {name: self.services.objects.get(name) for name in names}
 
     def objects_held(self, names: list[str]) -> list[str]:
         return [name for name in names if self.services.objects.exists(name)]
@@ -272,19 +277,17 @@ class ClusterExecutor(Executor):
         models = refs["models"] | {values[name] for name, port in cls.inputs().items()
                                    if port.kind == "model" and values.get(name)}
         what = f"node '{call.node_id}' ({cls.node_type})"
-        holder = self._holder(refs["objects"], what)
         first: tuple[_Slot, str] | None = None
         while True:
-            slot = self._checkout(models, cancel, avoid=first[0] if first else None, only=holder)
+            holders = self._holders(refs["objects"], what)
+            slot = self._checkout(models, set(holders.values()), cancel, avoid=first[0] if first else None)
             try:
-                return self._run_on(slot, {**request, "id": next(self._ids)}, models, report, cancel)
+                objects = self._fetch(holders, slot, what)
+                return self._run_on(slot, {**request, "id": next(self._ids), "objects": objects}, models, report, cancel)
             except WorkerLost as exc:
                 slot.lost += 1
                 slot.models.clear()
                 self._forget(slot)
-                if holder is not None:
-                    raise NodeFailedError(f"Ray worker {slot.number} stopped ({exc}) while running {what}, and the "
-                                          "latents or conditioning it read were held there; run the session again") from None
                 if first is not None:
                     raise NodeFailedError(f"Ray worker {first[0].number} stopped ({first[1]}) while running {what}, "
                                           f"and worker {slot.number}, which ran it again, stopped too ({exc})") from None
@@ -293,17 +296,30 @@ class ClusterExecutor(Executor):
             finally:
                 self._checkin(slot)
 
-    def _holder(self, objects: set[str], what: str) -> _Slot | None:
-        """The worker that holds the objects (latents, conditioning) a node reads: it must run there."""
-        holders = {self._objects.get(name) for name in objects}
-        if None in holders:
-            raise NodeFailedError(f"{what} reads latents or conditioning that no Ray worker holds any more (the worker "
-                                  "that made them stopped); run the session again")
-        if len(holders) > 1:
-            raise NodeFailedError(f"{what} reads latents or conditioning made on different Ray workers "
-                                  f"({', '.join(sorted(str(s.number) for s in holders))}); run the nodes that make them "
-                                  "in one session")
-        return holders.pop() if holders else None
+    def _holders(self, objects: set[str], what: str) -> dict[str, _Slot]:
+        """Which worker holds each object (latents, conditioning) a node reads."""
+        holders = {name: self._objects.get(name) for name in objects}
+        lost = sorted(name for name, holder in holders.items() if holder is None)
+        if lost:
+            raise NodeFailedError(f"{what} reads {', '.join(lost)}, which no Ray worker holds any more (the worker "
+                                  "that made it stopped); run the session again")
+        return holders  # type: ignore[return-value]
+
+    def _fetch(self, holders: dict[str, _Slot], slot: _Slot, what: str) -> dict[str, Any]:
+        """The objects a node reads that another worker holds, copied from it (through Ray's object store)."""
+        wanted: dict[_Slot, list[str]] = {}
+        for name, holder in holders.items():
+            if holder is not slot:
+                wanted.setdefault(holder, []).append(name)
+        objects: dict[str, Any] = {}
+        for holder, names in wanted.items():
+            try:
+                objects |= self._ask(holder, "export_objects", names)
+            except self._lost_errors as exc:
+                self._forget(holder)
+                raise NodeFailedError(f"{what} reads {', '.join(names)}, held by Ray worker {holder.number}, which "
+                                      f"stopped ({_first_line(exc)}); run the session again") from None
+        return objects
 
     def _forget(self, slot: _Slot) -> None:
         """A lost worker's objects are gone with it."""
@@ -311,16 +327,15 @@ class ClusterExecutor(Executor):
             if holder is slot:
                 del self._objects[name]
 
-    def _checkout(self, models: set[str], cancel: threading.Event, avoid: _Slot | None,
-                  only: _Slot | None = None) -> _Slot:
-        """A free worker (`only` that one), preferring one that holds the node's models; waits while
-        all are busy."""
-        candidates = [only] if only is not None else [s for s in self._slots if s is not avoid] or self._slots
+    def _checkout(self, models: set[str], holders: set[_Slot], cancel: threading.Event,
+                  avoid: _Slot | None) -> _Slot:
+        """A free worker, preferring one that holds the node's objects, then its models; waits while all are busy."""
+        candidates = [s for s in self._slots if s is not avoid] or self._slots
         with self._free:
             while True:
                 free = [s for s in candidates if not s.busy]
                 if free:
-                    slot = max(free, key=lambda s: len(models & s.models))
+                    slot = max(free, key=lambda s: (s in holders, len(models & s.models)))
                     slot.busy = True
                     return slot
                 if cancel.is_set():
@@ -355,7 +370,7 @@ class ClusterExecutor(Executor):
                     report(message["step"], message["total"], message["message"], decode_preview(message.get("preview")))
                 elif op == "done":
                     slot.models = models
-                    for name in _references(message["outputs"])["objects"]:
+                    for name in [*_references(message["outputs"])["objects"], *request["objects"]]:
                         self._objects[name] = slot
                     for name, data in message.get("images", {}).items():
                         self.local.services.images.put_png(name, data)

@@ -22,6 +22,10 @@ class ObjectStore(ABC):
     def put(self, obj: Any, prefix: str = "obj") -> str: ...
 
     @abstractmethod
+    def adopt(self, name: str, obj: Any) -> None:
+        """Keep an object made elsewhere (on another cluster worker) under its name."""
+
+    @abstractmethod
     def get(self, name: str) -> Any: ...
 
     @abstractmethod
@@ -36,6 +40,9 @@ class MemoryObjectStore(ObjectStore):
         name = f"{prefix}-{uuid.uuid4().hex}"
         self._items.put(name, obj)
         return name
+
+    def adopt(self, name: str, obj: Any) -> None:
+        self._items.put(name, obj)
 
     def get(self, name: str) -> Any:
         obj = self._items.get(name)
