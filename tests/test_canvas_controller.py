@@ -738,3 +738,26 @@ def test_start_opens_the_file_else_the_last_workflow_else_the_demo(ctl, invoker,
         assert "show" in again.graph.nodes and "gone.json" in again.last_error
     finally:
         again.close()
+
+
+def test_the_status_bar_says_what_a_cluster_does(invoker, monkeypatch):
+    from app.canvas.controller import cluster_line
+
+    assert cluster_line({"executor": "worker", "workers": []}) is None  # nodes run on this machine
+    answers = [{"executor": "ray", "workers": [{"id": 0, "state": "busy"}, {"id": 1, "state": "idle"},
+                                               {"id": 2, "state": "unavailable"}]}]
+    monkeypatch.setattr(invoker, "cluster", lambda: answers[-1])
+    invoker.settings.cluster = "local:3"
+    ctl = CanvasController(invoker)
+    try:
+        pump_until(ctl, lambda: ctl.cluster_line is not None)
+        assert ctl.cluster_line == "Cluster: 3 workers, 1 busy, 1 unavailable"
+
+        def lost():
+            raise ConnectionError("ray://10.0.0.9:10001 is gone")
+
+        monkeypatch.setattr(invoker, "cluster", lost)
+        pump_until(ctl, lambda: "not answering" in ctl.cluster_line, timeout=10)
+        assert ctl.cluster_line == "Cluster: not answering (ray://10.0.0.9:10001 is gone)"
+    finally:
+        ctl.close()

@@ -132,11 +132,29 @@ def has_image_output(cls: type[BaseInvocation]) -> bool:
     return any(p.tag == "image" for p in cls.outputs().values())
 
 
+CLUSTER_POLL_S = 3.0
+
+
+def cluster_line(info: dict[str, Any]) -> str | None:
+    """The status bar's words for `Invoker.cluster()`: None when nodes run on this machine."""
+    workers = info.get("workers") or []
+    if not workers:
+        return None
+    busy = sum(1 for w in workers if w.get("state") == "busy")
+    lost = sum(1 for w in workers if w.get("state") == "unavailable")
+    text = f"Cluster: {len(workers)} worker{'s' if len(workers) != 1 else ''}, {busy} busy"
+    return text + (f", {lost} unavailable" if lost else "")
+
+
 class CanvasController:
     def __init__(self, invoker: Invoker) -> None:
         self.invoker = invoker
         self.settings = invoker.settings
         self.device = detect_device(getattr(self.settings, "device", "auto"))
+        self.cluster_line: str | None = None
+        self._closed = threading.Event()
+        if getattr(self.settings, "cluster", None):
+            threading.Thread(target=self._watch_cluster, name="cluster-status", daemon=True).start()
         self.session: Session = Session()
         self.path: Path | None = None  # where Ctrl+S writes; None: ask
         self.on_dirty: Callable[[bool], None] | None = None  # told of every edit and save (recovery.py)
@@ -165,7 +183,17 @@ class CanvasController:
             self._log(f"plugin error: {error}")
 
     def close(self) -> None:
+        self._closed.set()
         self._unwatch()
+
+    def _watch_cluster(self) -> None:
+        """With a cluster configured, ask it now and then what its workers do (never on the render
+        thread: a busy cluster may take a moment to answer); the status bar shows `cluster_line`."""
+        while not self._closed.wait(0 if self.cluster_line is None else CLUSTER_POLL_S):
+            try:
+                self.cluster_line = cluster_line(self.invoker.cluster())
+            except Exception as exc:  # noqa: BLE001 - a lost cluster is shown, not raised
+                self.cluster_line = f"Cluster: not answering ({exc})"
 
     @property
     def dirty(self) -> bool:

@@ -223,7 +223,8 @@ class CanvasView:
                 self.queue_button = dpg.add_button(label="Queue", callback=lambda: self.toggle(self.queue_window))
                 self.gallery_button = dpg.add_button(label="Gallery", callback=lambda: self.toggle(self.gallery_window))
                 dpg.add_spacer(width=20)
-                self.device_text = dpg.add_text(f"Device: {self.c.device}")
+                self.device_line = f"Device: {self.c.device}"
+                self.device_text = dpg.add_text(self.device_line)
                 dpg.add_spacer(width=20)
                 self.zoom_text = dpg.add_text("100%")
                 dpg.add_spacer(width=20)
@@ -510,6 +511,10 @@ class CanvasView:
                 self.update_status(node_id)
         if self.embeddings_version != self.c.models_version:
             self._fill_embeddings()
+        device_line = f"Device: {self.c.device}" + (f"   |   {self.c.cluster_line}" if self.c.cluster_line else "")
+        if device_line != self.device_line:
+            self.device_line = device_line
+            dpg.set_value(self.device_text, device_line)
         if self._drop_check is not None:
             self._check_link_drop()
         if self.press is not None and self.press[0] == "group":
