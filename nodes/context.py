@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from PIL import Image
 
@@ -55,7 +55,7 @@ class ModelsContext(Protocol):
         """A loaded face detector; KeyError says where its weights go when they are missing."""
 
     @property
-    def compile_mode(self) -> str: ...  # torch.compile mode for denoisers ("off" by default)
+    def compile_mode(self) -> str: ...  # torch.compile mode for denoisers ("off" on a CPU)
 
     @property
     def cache_dir(self) -> Path: ...  # where compiled kernels and converted weights may be kept
@@ -80,8 +80,10 @@ class InvocationContext(Protocol):
     @property
     def allowed_write_dirs(self) -> list[Path]: ...  # other folders the user allows (nodes/core/writes.py)
 
-    def progress(self, step: int, total: int, message: str = "", preview: Image.Image | None = None) -> None:
-        """Report progress (and a preview); raises CanceledError once the run is canceled."""
+    def progress(self, step: int, total: int, message: str = "",
+                 preview: Image.Image | Callable[[], Image.Image] | None = None) -> None:
+        """Report progress (and a preview, or a function making it: called only when it is shown);
+        raises CanceledError once the run is canceled."""
 
     def is_canceled(self) -> bool: ...
 

@@ -39,9 +39,10 @@ class Settings:
     extra_model_dirs: list[Path] = field(default_factory=list)
     theme: str = "dark"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # torch.compile of the denoiser on CUDA: off | reduce-overhead | max-autotune-no-cudagraphs | default.
-    # reduce-overhead is ~5x faster at 512px on an H100 but the first run compiles for about a minute.
-    compile: str = "off"
+    # torch.compile of the denoiser on CUDA: auto | off | reduce-overhead | max-autotune-no-cudagraphs | default.
+    # auto: reduce-overhead when triton is installed.  A new size runs uncompiled while it compiles in
+    # the background; compiled kernels are kept in the cache folder for the next launch.
+    compile: str = "auto"
     # The API's executor: "in-process", or "worker" (models in a separate process, as the canvas does).
     api_executor: str = "in-process"
     # Run generation on Ray instead (the "ray" executor; the canvas uses it when set): "local" or

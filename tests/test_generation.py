@@ -71,10 +71,8 @@ def test_txt2img_makes_an_image_of_the_asked_size_with_previews(invoker, service
     assert [e.data["step"] for e in progress] == [1, 2, 3, 4] and {e.data["total"] for e in progress} == {4}
     previews = [e for e in progress if "preview" in e.data]
     assert all(e.data["preview"].size == (8, 12) for e in previews)  # latent-sized, no VAE decode
-    if services.executor_kind == IN_PROCESS:
-        assert len(previews) == 4  # every step
-    else:  # about 20 a second cross from the worker: the first and the last always
-        assert previews[0].data["step"] == 1 and previews[-1].data["step"] == 4
+    # about 20 a second, whichever process runs the node: the first and the last always
+    assert previews[0].data["step"] == 1 and previews[-1].data["step"] == 4
     assert services.images.metadata(session.results["1"][0].outputs["image"]["image_name"]) is not None
 
 

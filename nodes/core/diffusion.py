@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -60,7 +59,8 @@ _PREVIEW_FACTORS = {
              [0.1084, -0.0175, -0.0011]),
 }
 
-StepCallback = Callable[[int, int, Image.Image], None]
+# on_step(step, total, preview): preview() makes the step's preview image, only when someone shows it
+StepCallback = Callable[[int, int, Callable[[], Image.Image]], None]
 
 
 @dataclass
@@ -100,24 +100,31 @@ class Denoiser(torch.nn.Module):
         uncond, cond = noise.chunk(2)
         return uncond + guidance * (cond - uncond)
 
+    def pick(self, *inputs: Any) -> "Denoiser":
+        """The module that runs a loop with these inputs: this one (a compiled twin may differ)."""
+        return self
 
-def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None) -> torch.nn.Module:
-    """The Denoiser of a UNet, made once per UNet and mode: on CUDA in channels_last and,
-    unless compile_mode is "off", compiled (compiled kernels are cached on disk across runs)."""
-    made: dict[str, torch.nn.Module] = unet.__dict__.setdefault("_invoke_nodes_denoisers", {})
+
+def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None) -> Any:
+    """The Denoiser of a UNet, made once per UNet and mode: on CUDA in channels_last and, unless
+    compile_mode is "off", compiled in the background (nodes/core/compiled.py).  Its `pick(inputs)`
+    is the module that runs a loop with those inputs."""
+    made: dict[str, Any] = unet.__dict__.setdefault("_invoke_nodes_denoisers", {})
     if compile_mode not in made:
-        module: torch.nn.Module = Denoiser(unet)
+        denoiser = Denoiser(unet)
         if unet.device.type == "cuda":
             _tune_for_cuda(unet)
             if compile_mode != "off":
-                if cache_dir is not None:
-                    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "torchinductor"))
-                import torch._inductor.config as inductor_config
+                from .compiled import BackgroundCompiled
 
-                inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convolutions run faster as matrix products
-                module = torch.compile(module, mode=compile_mode, fullgraph=False, dynamic=False)
-        made[compile_mode] = module
+                denoiser = BackgroundCompiled(denoiser, compile_mode, cache_dir)
+        made[compile_mode] = denoiser
     return made[compile_mode]
+
+
+def wait_for_compiled(unet: Any, timeout: float | None = None) -> bool:
+    """Wait until the UNet's background compiles are done (benchmarks); False on timeout."""
+    return all(d.wait(timeout) for d in unet.__dict__.get("_invoke_nodes_denoisers", {}).values() if hasattr(d, "wait"))
 
 
 def _tune_for_cuda(unet: Any) -> None:
@@ -251,18 +258,22 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
     step_noise = {"generator": torch.Generator("cpu").manual_seed(r.seed)} \
         if "generator" in inspect.signature(scheduler.step).parameters else {}
     total = len(timesteps)
+    module = None
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
+        inputs = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
+        module = module or denoiser.pick(*inputs)  # one module for the whole image: the same seed, the same pixels
         if device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        noise_pred = denoiser(model_input, t, embeds, guidance, extra, text_embeds, time_ids)
+        noise_pred = module(*inputs)
         step = scheduler.step(noise_pred, t, latents, return_dict=True, **step_noise)
         latents = step.prev_sample.to(dtype)
         if keep_mask is not None:  # a plain UNet inpaints by re-imposing the (re-noised) source outside the mask
             known = source if index + 1 == total else scheduler.add_noise(source, noise, timesteps[index + 1:index + 2])
             latents = keep_mask * known + (1 - keep_mask) * latents
         estimate = getattr(step, "pred_original_sample", None)
-        on_step(index + 1, total, preview_image(estimate if estimate is not None else latents, base))
+        shown = estimate if estimate is not None else latents
+        on_step(index + 1, total, lambda shown=shown: preview_image(shown, base))
     return latents
 
 

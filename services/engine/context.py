@@ -6,6 +6,7 @@ to wherever the app listens (the event bus in-process, the pipe to the app from 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +21,9 @@ from services.stores.objects import ObjectStore
 Index = tuple[tuple[str, int], ...]
 # report(step, total, message, preview): where a node's progress goes
 ProgressReport = Callable[[int, int, str, Image.Image | None], None]
+# a preview image, or a function that makes it (called only when the preview is shown)
+Preview = Image.Image | Callable[[], Image.Image] | None
+PREVIEW_INTERVAL_S = 0.05  # at most ~20 previews a second per node (and the last step's always)
 
 
 class NodeImages:
@@ -83,6 +87,7 @@ class NodeContext:
         self._graph = graph
         self._report = report
         self._cancel = cancel
+        self._last_preview = 0.0
 
     @property
     def images(self) -> NodeImages:
@@ -111,8 +116,15 @@ class NodeContext:
         if self._cancel.is_set():
             raise CanceledError()
 
-    def progress(self, step: int, total: int, message: str = "", preview: Image.Image | None = None) -> None:
+    def progress(self, step: int, total: int, message: str = "", preview: Preview = None) -> None:
         """Report progress (and a preview image); raises CanceledError once the session is canceled,
-        so a node that reports every step stops within one step."""
-        self._report(step, total, message, preview)
+        so a node that reports every step stops within one step.  Previews are thinned out here, so
+        a GPU loop is not made to wait for a copy of every step's preview."""
+        now = time.monotonic()
+        if preview is not None and (now - self._last_preview >= PREVIEW_INTERVAL_S or step >= total):
+            self._last_preview = now
+            image = preview() if callable(preview) else preview
+        else:
+            image = None
+        self._report(step, total, message, image)
         self.raise_if_canceled()

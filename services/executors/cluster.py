@@ -36,7 +36,7 @@ from services.stores.images import DiskImageStore
 from .base import Executor, NodeCall, NodeFailedError
 from .local import InProcessExecutor
 from .worker import decode_preview, raise_reply
-from .worker_process import encode_preview, run_request, throttled_reporter
+from .worker_process import encode_preview, run_request, progress_reporter
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class NodeWorker:
 
         def work() -> None:
             reply = run_request(self.services, request, lambda: request["graph"],
-                                throttled_reporter(lambda message, preview: messages.put((message, preview)),
+                                progress_reporter(lambda message, preview: messages.put((message, preview)),
                                                    request["id"]), cancel)
             if reply["op"] == "done" and isinstance(images, _ShippedImages):
                 reply["images"] = {name: images.path(name).read_bytes() for name in images.saved}

@@ -22,7 +22,6 @@ from services.logfile import failure_line
 
 log = logging.getLogger(__name__)
 
-PREVIEW_INTERVAL_S = 0.05  # at most ~20 previews a second per node
 PREVIEW_MAX_PX = 256
 PARENT_CHECK_S = 1.0
 
@@ -167,7 +166,7 @@ class WorkerState:
     def run(self, job: _Job) -> None:
         request_id = job.message["id"]
         reply = run_request(self.services, job.message, self._graph_asker(job),
-                            throttled_reporter(self.outbox.put, request_id), job.cancel)
+                            progress_reporter(self.outbox.put, request_id), job.cancel)
         self.outbox.put({**reply, "id": request_id})
 
     def _graph_asker(self, job: _Job) -> Callable[[], Any]:
@@ -200,18 +199,10 @@ def run_request(services: Any, message: dict[str, Any], graph: Callable[[], Any]
     return {"op": "done", "outputs": outputs}
 
 
-def throttled_reporter(put: Callable[[dict[str, Any], Image.Image | None], None], request_id: Any) -> Callable[..., None]:
-    """A node's progress as `put(message, preview)` calls, with a preview at most ~20 times a second
-    (and the last one always); the sender encodes previews (encode_preview) off the node's loop."""
-    last_preview = 0.0
-
+def progress_reporter(put: Callable[[dict[str, Any], Image.Image | None], None], request_id: Any) -> Callable[..., None]:
+    """A node's progress as `put(message, preview)` calls (NodeContext already thinned the previews
+    out); the sender encodes previews (encode_preview) off the node's loop."""
     def report(step: int, total: int, message: str, preview: Image.Image | None) -> None:
-        nonlocal last_preview
-        now = time.monotonic()
-        if preview is not None and (now - last_preview >= PREVIEW_INTERVAL_S or step >= total):
-            last_preview = now
-        else:
-            preview = None
         put({"op": "progress", "id": request_id, "step": step, "total": total, "message": message, "preview": None},
             preview)
 

@@ -1,0 +1,128 @@
+"""torch.compile of the denoiser without a wait: eager until the compiled module is ready.
+
+The first image at a new input shape runs eager while a background thread compiles the denoiser
+for that shape (`BackgroundCompiled.pick`); later images use the compiled module.  Compiled
+artifacts are saved in the cache folder after each build and loaded by the next process, so a
+new process reaches compiled speed without compiling again.  A failed compile (no triton, no C
+compiler, an unsupported model) is logged once and the denoiser stays eager: compiling is an
+optimisation, never a reason for a generation to fail.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.fsutil import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+# One compile at a time: each holds the GIL for long stretches and slows the eager loop beside it.
+_BUILD_LOCK = threading.Lock()
+_ARTIFACTS_LOADED: set[Path] = set()
+ARTIFACTS_FILE = "compiled-artifacts.bin"
+# Sizes compiled per denoiser before dynamo gives up and runs eager (its default is 8).
+RECOMPILE_LIMIT = 64
+
+
+def _signature(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def load_artifacts(cache_dir: Path) -> None:
+    """Fill torch's compile caches from the file an earlier process saved (once per process)."""
+    path = cache_dir / ARTIFACTS_FILE
+    if path in _ARTIFACTS_LOADED:
+        return
+    _ARTIFACTS_LOADED.add(path)
+    if not path.is_file():
+        return
+    try:
+        loaded = torch.compiler.load_cache_artifacts(path.read_bytes()) is not None
+    except Exception:
+        loaded = False
+    if not loaded:  # a damaged file or one from another torch: compile afresh, the next save replaces it
+        log.warning("compiled artifacts in %s were not loaded; compiling afresh", path)
+
+
+def save_artifacts(cache_dir: Path) -> None:
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is not None:
+        atomic_write_bytes(cache_dir / ARTIFACTS_FILE, saved[0])
+
+
+class BackgroundCompiled:
+    """A denoiser and its compiled twin; `pick` says which one to run for the given inputs."""
+
+    def __init__(self, eager: torch.nn.Module, mode: str, cache_dir: Path | None, backend: str = "inductor") -> None:
+        import torch._dynamo.config as dynamo_config
+        import torch._inductor.config as inductor_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convolutions run faster as matrix products
+        if cache_dir is not None:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "torchinductor"))
+            load_artifacts(cache_dir)
+        self.eager = eager
+        options = {"mode": mode} if backend == "inductor" else {}  # other backends: tests on a CPU without a C compiler
+        self.compiled = torch.compile(eager, backend=backend, fullgraph=False, dynamic=False, **options)
+        self.cache_dir = cache_dir
+        self._states: dict[tuple[Any, ...], str] = {}  # signature -> "building" | "ready"
+        self._failed = False
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self.build_seconds: dict[tuple[Any, ...], float] = {}
+
+    def pick(self, *inputs: Any) -> torch.nn.Module:
+        """The compiled module when it is built for inputs of these shapes; else the eager one (and
+        the build for these shapes starts in the background)."""
+        if self._failed:
+            return self.eager
+        key = _signature(inputs)
+        with self._lock:
+            state = self._states.get(key)
+            if state == "ready":
+                return self.compiled
+            if state is None:
+                self._states[key] = "building"
+                copies = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+                threading.Thread(target=self._build, args=(key, copies), name="compile-denoiser", daemon=True).start()
+        return self.eager
+
+    def _build(self, key: tuple[Any, ...], inputs: tuple[Any, ...]) -> None:
+        started = time.perf_counter()
+        try:
+            with _BUILD_LOCK, torch.inference_mode():
+                self.compiled(*inputs)  # compiles (or loads from the caches) and warms up
+                if inputs[0].device.type == "cuda":
+                    torch.cuda.synchronize(inputs[0].device)
+                if self.cache_dir is not None:
+                    save_artifacts(self.cache_dir)
+        except Exception:
+            log.warning("compiling the denoiser failed; it stays uncompiled (set compile to off to skip trying)",
+                        exc_info=True)
+            state = "failed"
+        else:
+            state = "ready"
+        with self._lock:
+            if state == "failed":
+                self._failed = True
+                self._states.pop(key, None)
+            else:
+                self._states[key] = state
+                self.build_seconds[key] = time.perf_counter() - started
+            self._idle.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the builds under way (benchmarks, tests); False if some still run after `timeout`."""
+        with self._lock:
+            return self._idle.wait_for(lambda: "building" not in self._states.values(), timeout)
+
+    @property
+    def failed(self) -> bool:
+        return self._failed

@@ -1,0 +1,106 @@
+"""Compiling the denoiser in the background: eager until the compiled twin is built for the input
+shapes, then the compiled one; a failed compile leaves it eager.  Previews are made only when shown."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+import torch
+
+from nodes.core.compiled import ARTIFACTS_FILE, BackgroundCompiled, load_artifacts
+from services.engine.context import PREVIEW_INTERVAL_S, NodeContext
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = torch.nn.functional.gelu(self.linear(x))
+        return y if scale is None else y * scale
+
+
+def test_eager_until_built_then_compiled(tmp_path):
+    eager = Tiny()
+    denoiser = BackgroundCompiled(eager, "reduce-overhead", tmp_path, backend="aot_eager")
+    x = torch.randn(2, 8)
+    assert denoiser.pick(x, None) is eager  # first image at this shape: eager while it builds
+    assert denoiser.wait(120)
+    module = denoiser.pick(x, None)
+    assert module is denoiser.compiled
+    with torch.inference_mode():
+        assert torch.allclose(module(x, None), eager(x, None), atol=1e-6)
+    bigger = torch.randn(4, 8)
+    assert denoiser.pick(bigger, None) is eager  # a new size does not stall: eager while it compiles
+    assert denoiser.wait(120)
+    assert denoiser.pick(bigger, None) is denoiser.compiled
+    assert len(denoiser.build_seconds) == 2 and not denoiser.failed
+
+
+def test_a_failed_compile_stays_eager_and_is_logged(tmp_path, caplog):
+    calls = []
+
+    def broken_backend(graph, example_inputs):
+        calls.append(1)
+        raise RuntimeError("no C compiler")
+
+    eager = Tiny()
+    denoiser = BackgroundCompiled(eager, "reduce-overhead", None, backend=broken_backend)
+    x = torch.randn(2, 8)
+    with caplog.at_level(logging.WARNING, logger="nodes.core.compiled"):
+        assert denoiser.pick(x, None) is eager
+        assert denoiser.wait(60)
+    assert denoiser.failed
+    assert "stays uncompiled" in caplog.text
+    threads = threading.active_count()
+    assert denoiser.pick(x, None) is eager and denoiser.pick(torch.randn(3, 8), None) is eager
+    assert threading.active_count() == threads  # no new build is tried after a failure
+    assert calls  # the backend was really asked
+
+
+def test_unreadable_artifacts_are_skipped(tmp_path, caplog):
+    (tmp_path / ARTIFACTS_FILE).write_bytes(b"not torch artifacts")
+    with caplog.at_level(logging.WARNING, logger="nodes.core.compiled"):
+        load_artifacts(tmp_path)  # no exception: compiling afresh replaces the file
+    assert "not loaded" in caplog.text
+
+
+def test_compile_mode_auto_is_off_on_a_cpu(tmp_path, monkeypatch):
+    from services.config import Settings
+    from services.models.manager import LocalModelManager
+
+    monkeypatch.delenv("INVOKE_NODES_COMPILE", raising=False)
+    settings = Settings(data_dir=tmp_path, config_dir=tmp_path, models_dir=tmp_path, outputs_dir=tmp_path,
+                        sessions_dir=tmp_path, plugins_dir=tmp_path, device="cpu")
+    assert settings.compile == "auto"
+    assert LocalModelManager(settings).compile_mode == "off"
+    monkeypatch.setenv("INVOKE_NODES_COMPILE", "fast")
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        LocalModelManager(settings).compile_mode
+
+
+def test_previews_are_made_only_when_shown(tmp_path):
+    reports = []
+    context = NodeContext(session_id="s", node_id="n", index=(), images=None, objects=None, models=lambda: None,
+                          outputs_dir=tmp_path, graph=lambda: None, report=lambda *a: reports.append(a),
+                          cancel=threading.Event())
+    made = []
+
+    def preview():
+        made.append(1)
+        from PIL import Image
+        return Image.new("RGB", (4, 4))
+
+    started = time.monotonic()
+    for step in range(1, 201):
+        context.progress(step, 200, "denoising", preview)
+    elapsed = time.monotonic() - started
+    assert len(reports) == 200  # every step's progress is reported
+    shown = [r for r in reports if r[3] is not None]
+    assert len(shown) == len(made)  # a preview is made only for the steps that carry one
+    assert shown[-1][0] == 200  # the last step's always
+    assert len(made) <= 2 + elapsed / PREVIEW_INTERVAL_S < 200  # ~20 a second, not one per step
