@@ -62,11 +62,15 @@ class BackgroundCompiled:
     def __init__(self, eager: torch.nn.Module, mode: str, cache_dir: Path | None, backend: str = "inductor") -> None:
         import torch._dynamo.config as dynamo_config
         import torch._inductor.config as inductor_config
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convolutions run faster as matrix products
         if cache_dir is not None:
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "torchinductor"))
+            # kernels in the app's cache folder (kept across reboots), unless the user chose a folder;
+            # torch writes its /tmp default into the variable on first use, so that one is replaced
+            if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "torchinductor")
             load_artifacts(cache_dir)
         self.eager = eager
         options = {"mode": mode} if backend == "inductor" else {}  # other backends: tests on a CPU without a C compiler

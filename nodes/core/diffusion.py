@@ -106,7 +106,7 @@ class Denoiser(torch.nn.Module):
 
 
 def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None) -> Any:
-    """The Denoiser of a UNet, made once per UNet and mode: on CUDA in channels_last and, unless
+    """The Denoiser of a UNet, made once per UNet and mode: on CUDA in channels_last; unless
     compile_mode is "off", compiled in the background (nodes/core/compiled.py).  Its `pick(inputs)`
     is the module that runs a loop with those inputs."""
     made: dict[str, Any] = unet.__dict__.setdefault("_invoke_nodes_denoisers", {})
@@ -114,10 +114,10 @@ def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None) ->
         denoiser = Denoiser(unet)
         if unet.device.type == "cuda":
             _tune_for_cuda(unet)
-            if compile_mode != "off":
-                from .compiled import BackgroundCompiled
+        if compile_mode != "off":  # "auto" is off on a CPU (the manager decides); asked for, it compiles there too
+            from .compiled import BackgroundCompiled
 
-                denoiser = BackgroundCompiled(denoiser, compile_mode, cache_dir)
+            denoiser = BackgroundCompiled(denoiser, compile_mode, cache_dir)
         made[compile_mode] = denoiser
     return made[compile_mode]
 
@@ -127,11 +127,14 @@ def wait_for_compiled(unet: Any, timeout: float | None = None) -> bool:
     return all(d.wait(timeout) for d in unet.__dict__.get("_invoke_nodes_denoisers", {}).values() if hasattr(d, "wait"))
 
 
+CUDNN_BENCHMARK = True  # let cuDNN time its convolution algorithms on each new shape
+
+
 def _tune_for_cuda(unet: Any) -> None:
     """Layout and kernel choices that speed the UNet up on a GPU without changing what it computes."""
     if unet.__dict__.get("_invoke_nodes_tuned"):
         return
-    torch.backends.cudnn.benchmark = True  # the same convolution shapes run every step: pick kernels once
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # the same convolution shapes run every step
     unet.to(memory_format=torch.channels_last)  # what cuDNN's fast fp16 convolutions want
     if hasattr(unet, "fuse_qkv_projections"):
         unet.fuse_qkv_projections()  # one matrix product for q, k and v instead of three
@@ -262,7 +265,8 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
         inputs = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
-        module = module or denoiser.pick(*inputs)  # one module for the whole image: the same seed, the same pixels
+        if module is None:  # one module for the whole image: the same seed, the same pixels
+            module = denoiser.pick(*inputs)
         if device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
         noise_pred = module(*inputs)
