@@ -54,6 +54,9 @@ class ModelsContext(Protocol):
     def face_detector(self, name: str) -> Any:
         """A loaded face detector; KeyError says where its weights go when they are missing."""
 
+    def preprocessor(self, architecture: str) -> ModelInfoLike:
+        """The weights of a preprocessor ("hed", "lineart"...); KeyError says which file goes where."""
+
     @property
     def compile_mode(self) -> str: ...  # torch.compile mode for denoisers ("off" on a CPU)
 

@@ -14,6 +14,7 @@ from .context import InvocationContext
 from .outputs import ImageOutput
 
 # Must match nodes.core.diffusion.SAMPLERS and SCHEDULES (a test checks it).
+SeamlessAxes = Literal["none", "x", "y", "both"]  # nodes.core.seamless.SEAMLESS_AXES
 SamplerName = Literal["euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "lms", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m",
                       "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "pndm", "unipc", "lcm"]
 ScheduleName = Literal["normal", "karras", "exponential", "sgm_uniform"]
@@ -100,11 +101,13 @@ class DenoiseLatentsInvocation(BaseInvocation):
     denoise_start: float = InputField(0.0, ge=0, le=1, description="Part of the schedule already done (img2img: 1 - strength)")
     denoise_end: float = InputField(1.0, ge=0, le=1, description="Stop here (below 1: noise is left in, for a refiner)")
     add_noise: bool = InputField(True, description="Add noise first (off: the latents continue a pass that stopped early)")
+    seamless: SeamlessAxes = InputField("none", description="Tile seamlessly along x, y or both (circular padding)")
     seed: int = SeedField()
 
     def invoke(self, context: InvocationContext) -> LatentsOutput:
         from .core import pins
         from .core.diffusion import DenoiseRequest, denoise, step_range, supports_schedule
+        from .core.regions import RegionsError
 
         if not supports_schedule(self.sampler, self.schedule):
             raise NodeInputError("schedule", f"sampler '{self.sampler}' has no '{self.schedule}' schedule")
@@ -125,10 +128,13 @@ class DenoiseLatentsInvocation(BaseInvocation):
             request = DenoiseRequest(positive=positive, negative=negative, latents=latents, seed=self.seed, noise=noise,
                                      steps=self.steps, cfg_scale=self.cfg_scale, sampler=self.sampler,
                                      schedule=self.schedule, start=self.denoise_start, end=self.denoise_end,
-                                     add_noise=self.add_noise, keep_mask=keep_mask)
-            result = denoise(pipe.unet, info.base, pipe.scheduler.config, request,
-                             lambda step, total, preview: context.progress(step, total, "denoising", preview),
-                             context.models.compile_mode, context.models.cache_dir)
+                                     add_noise=self.add_noise, keep_mask=keep_mask, seamless=self.seamless)
+            try:
+                result = denoise(pipe.unet, info.base, pipe.scheduler.config, request,
+                                 lambda step, total, preview: context.progress(step, total, "denoising", preview),
+                                 context.models.compile_mode, context.models.cache_dir)
+            except RegionsError as exc:
+                raise NodeInputError("negative" if exc.negative else "positive", str(exc)) from None
         return LatentsOutput.of(context, result)
 
     @staticmethod
@@ -142,13 +148,16 @@ class DenoiseLatentsInvocation(BaseInvocation):
     def _check_model(pipe: Any, info: Any, positive: Any, negative: Any) -> None:
         if pipe.unet.config.in_channels != LATENT_CHANNELS:
             raise NodeInputError("unet", f"'{info.id}' is an inpainting model: use it in the inpaint node")
+        from .core.regions import entries
+
         width = pipe.unet.config.cross_attention_dim
         for field, conditioning in (("positive", positive), ("negative", negative)):
-            if conditioning["embeds"].shape[-1] != width:
-                raise NodeInputError(field, f"conditioning is {conditioning['embeds'].shape[-1]} wide, the UNet of "
-                                            f"'{info.id}' takes {width}: encode the prompt with this model's clip")
-            if info.base == "sdxl" and conditioning["pooled"] is None:
-                raise NodeInputError(field, "SDXL needs conditioning from the sdxl_prompt node")
+            for entry in entries(conditioning):
+                if entry["embeds"].shape[-1] != width:
+                    raise NodeInputError(field, f"conditioning is {entry['embeds'].shape[-1]} wide, the UNet of "
+                                                f"'{info.id}' takes {width}: encode the prompt with this model's clip")
+                if info.base == "sdxl" and entry["pooled"] is None:
+                    raise NodeInputError(field, "SDXL needs conditioning from the sdxl_prompt node")
 
 
 def _size(latents: Any) -> str:
@@ -164,14 +173,17 @@ class VAEDecodeInvocation(BaseInvocation):
     vae: VAEField = InputField(description="VAE")
     latents: LatentsField = InputField(description="Latents to decode")
     tiled: bool = InputField(False, description="Decode in tiles (large images)")
+    seamless: SeamlessAxes = InputField("none", description="Tile seamlessly along x, y or both (circular padding)")
 
     def invoke(self, context: InvocationContext) -> ImageOutput:
         from .core import pins
         from .core.diffusion import decode_latents
 
+        if self.tiled and self.seamless != "none":
+            raise NodeInputError("seamless", "a tiled decode cannot wrap around the image's edges: turn tiled off")
         latents = get_latents(context, "latents", self.latents)
         with pins.vae(context, self.vae) as vae:
-            images = decode_latents(vae, latents, tiled=self.tiled)
+            images = decode_latents(vae, latents, tiled=self.tiled, seamless_axes=self.seamless)
         return ImageOutput.of(context.images.save(images[0]), images[0])
 
 

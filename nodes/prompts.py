@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from .base import BaseInvocation, BaseInvocationOutput, ClipField, ConditioningField, InputField, NodeInputError, OutputField
+from .base import (BaseInvocation, BaseInvocationOutput, ClipField, ConditioningField, ImageField, InputField, NodeInputError,
+                   OutputField)
 from .context import InvocationContext
+from .latents import get_conditioning
 
 
 class ConditioningOutput(BaseInvocationOutput):
@@ -86,7 +88,10 @@ class ConditioningCombineInvocation(BaseInvocation):
     def invoke(self, context: InvocationContext) -> ConditioningOutput:
         from .core.conditioning import combine
 
-        result = combine(context.objects.get(self.first.conditioning_name), context.objects.get(self.second.conditioning_name))
+        try:
+            result = combine(get_conditioning(context, "first", self.first), get_conditioning(context, "second", self.second))
+        except ValueError as exc:
+            raise NodeInputError("second", str(exc)) from None
         return ConditioningOutput(conditioning=ConditioningField(conditioning_name=context.objects.put(result, "cond")))
 
 
@@ -109,3 +114,69 @@ class ConditioningBlendInvocation(BaseInvocation):
         except ValueError as exc:
             raise NodeInputError("second", str(exc)) from None
         return ConditioningOutput(conditioning=ConditioningField(conditioning_name=context.objects.put(result, "cond")))
+
+
+class ConditioningSetMaskInvocation(BaseInvocation):
+    """Restrict a conditioning to where a mask is white (grey: partly), with a strength; combine regions
+    with conditioning_regions (ComfyUI's ConditioningSetMask)."""
+
+    type: Literal["conditioning_set_mask"] = "conditioning_set_mask"
+    category: ClassVar[str] = "conditioning"
+    runs_in_worker: ClassVar[bool] = True
+    conditioning: ConditioningField = InputField(description="Conditioning to restrict")
+    mask: ImageField = InputField(description="Where it applies: white fully, black not at all (stretched to the image)")
+    strength: float = InputField(1.0, ge=0, le=10, description="Its weight against the other regions where they overlap")
+
+    def invoke(self, context: InvocationContext) -> ConditioningOutput:
+        import numpy as np
+        import torch
+
+        from .core.regions import with_each
+
+        pixels = np.asarray(context.images.get(self.mask).convert("L"), dtype=np.float32) / 255.0
+        result = with_each(get_conditioning(context, "conditioning", self.conditioning), mask=torch.from_numpy(pixels),
+                           strength=self.strength)
+        return ConditioningOutput(conditioning=ConditioningField(conditioning_name=context.objects.put(result, "cond")))
+
+
+class ConditioningSetAreaInvocation(BaseInvocation):
+    """Restrict a conditioning to a box (in pixels, whole 8-pixel cells): the model draws that prompt as
+    an image of the box's size there (ComfyUI's ConditioningSetArea)."""
+
+    type: Literal["conditioning_set_area"] = "conditioning_set_area"
+    category: ClassVar[str] = "conditioning"
+    runs_in_worker: ClassVar[bool] = True
+    conditioning: ConditioningField = InputField(description="Conditioning to restrict")
+    x: int = InputField(0, ge=0, le=8192, multiple_of=8, description="Left edge in pixels")
+    y: int = InputField(0, ge=0, le=8192, multiple_of=8, description="Top edge in pixels")
+    width: int = InputField(512, ge=8, le=8192, multiple_of=8, description="Width in pixels")
+    height: int = InputField(512, ge=8, le=8192, multiple_of=8, description="Height in pixels")
+    strength: float = InputField(1.0, ge=0, le=10, description="Its weight against the other regions where they overlap")
+
+    def invoke(self, context: InvocationContext) -> ConditioningOutput:
+        from .core.regions import with_each
+
+        result = with_each(get_conditioning(context, "conditioning", self.conditioning),
+                           area=(self.x, self.y, self.width, self.height), strength=self.strength)
+        return ConditioningOutput(conditioning=ConditioningField(conditioning_name=context.objects.put(result, "cond")))
+
+
+class ConditioningRegionsInvocation(BaseInvocation):
+    """Use two conditionings side by side: each is evaluated every step and the results are averaged by
+    their masks and areas (ComfyUI's ConditioningCombine; conditioning_combine joins prompts instead)."""
+
+    type: Literal["conditioning_regions"] = "conditioning_regions"
+    category: ClassVar[str] = "conditioning"
+    runs_in_worker: ClassVar[bool] = True
+    first: ConditioningField = InputField(description="First conditioning (or regions)")
+    second: ConditioningField = InputField(description="Second conditioning (or regions)")
+
+    def invoke(self, context: InvocationContext) -> ConditioningOutput:
+        from .core.regions import combined
+
+        try:
+            result = combined([get_conditioning(context, "first", self.first), get_conditioning(context, "second", self.second)])
+        except ValueError as exc:
+            raise NodeInputError("second", str(exc)) from None
+        return ConditioningOutput(conditioning=ConditioningField(conditioning_name=context.objects.put(result, "cond")))
+

@@ -195,7 +195,13 @@ def guidance_pair(positive: dict[str, Any], negative: dict[str, Any]) -> tuple[t
 
 
 def combine(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Both prompts one after the other (ComfyUI's ConditioningConcat); the first's pooled output."""
+    """Both prompts one after the other (ComfyUI's ConditioningConcat); the first's pooled output.
+    Regions of `first` each get the second's (first) prompt appended, keeping their masks and areas."""
+    from .regions import combined, entries
+
+    if "regions" in first:
+        return combined([combine(entry, second) for entry in first["regions"]])
+    second = entries(second)[0]
     if first["embeds"].shape[-1] != second["embeds"].shape[-1]:
         raise ValueError("the two conditionings come from different model families")
     embeds = torch.cat([first["embeds"], second["embeds"].to(first["embeds"].device, first["embeds"].dtype)], dim=1)
@@ -204,6 +210,10 @@ def combine(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
 
 def blend(first: dict[str, Any], second: dict[str, Any], alpha: float) -> dict[str, Any]:
     """(1 - alpha) * first + alpha * second, the shorter padded with empty chunks."""
+    from .regions import is_regional
+
+    if is_regional(first) or is_regional(second):
+        raise ValueError("blend takes plain prompts: blend them before setting masks, areas or regions")
     if first["embeds"].shape[-1] != second["embeds"].shape[-1]:
         raise ValueError("the two conditionings come from different model families")
     a, b = guidance_pair(first, second)

@@ -105,10 +105,13 @@ class Denoiser(torch.nn.Module):
         return self
 
 
-def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None) -> Any:
+def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None, seamless: str = "none") -> Any:
     """The Denoiser of a UNet, made once per UNet and mode: on CUDA in channels_last; unless
     compile_mode is "off", compiled in the background (nodes/core/compiled.py).  Its `pick(inputs)`
-    is the module that runs a loop with those inputs."""
+    is the module that runs a loop with those inputs.  A seamless run is eager: a compiled graph
+    traced with circular padding must never serve a plain run (denoise() holds off builds meanwhile)."""
+    if seamless != "none":
+        compile_mode = "off"
     made: dict[str, Any] = unet.__dict__.setdefault("_invoke_nodes_denoisers", {})
     if compile_mode not in made:
         denoiser = Denoiser(unet)
@@ -199,6 +202,7 @@ class DenoiseRequest:
     keep_mask: torch.Tensor | None = None  # latent-sized, 1 where the source latents are kept (plain-UNet inpaint)
     aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiners: positive, negative (diffusers' defaults)
     extra_channels: torch.Tensor | None = None  # inpainting UNets: mask + masked-image latents
+    seamless: str = "none"  # none | x | y | both: the UNet pads circularly along those axes (a tiling image)
 
 
 def step_range(steps: int, start: float, end: float) -> tuple[int, int]:
@@ -211,30 +215,23 @@ def step_range(steps: int, start: float, end: float) -> tuple[int, int]:
 def denoise(unet: Any, base: str, scheduler_config: Any, request: DenoiseRequest, on_step: StepCallback,
             compile_mode: str = "off", cache_dir: Path | None = None) -> torch.Tensor:
     """The denoising loop: txt2img, img2img, inpaint, hires-fix and refiner passes are all this."""
-    with torch.inference_mode():
+    from .compiled import _BUILD_LOCK
+    from .seamless import seamless
+
+    # no background compile may trace the UNet while its convolutions pad circularly
+    builds_held = _BUILD_LOCK if request.seamless != "none" else contextlib.nullcontext()
+    with torch.inference_mode(), builds_held, seamless(unet, request.seamless):
         return _denoise(unet, base, scheduler_config, request, on_step, compile_mode, cache_dir)
 
 
 def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_step: StepCallback,
              compile_mode: str, cache_dir: Path | None) -> torch.Tensor:
-    from .conditioning import guidance_pair
-
     device, dtype = unet.device, unet.dtype
-    denoiser = denoiser_for(unet, compile_mode, cache_dir)
+    denoiser = denoiser_for(unet, compile_mode, cache_dir, r.seamless)
     source = r.latents.to(device, dtype)
     batch = source.shape[0]
-    guided = r.cfg_scale > 1.0
-    guidance = torch.tensor(r.cfg_scale, dtype=dtype, device=device) if guided else None
-    positive, negative = guidance_pair(r.positive, r.negative) if guided else (r.positive["embeds"], None)
-    rows = [positive.to(device, dtype).expand(batch, -1, -1)]
-    if guided:
-        rows.insert(0, negative.to(device, dtype).expand(batch, -1, -1))
-    embeds = torch.cat(rows)
-    text_embeds = time_ids = None
-    if base == "sdxl":
-        pooled = [c["pooled"].to(device, dtype).expand(batch, -1) for c in ((r.negative, r.positive) if guided else (r.positive,))]
-        text_embeds = torch.cat(pooled)
-        time_ids = _time_ids(unet, source, text_embeds.shape[-1], guided, batch, r.aesthetic_scores).to(device, dtype)
+    extra = r.extra_channels.to(device, dtype) if r.extra_channels is not None else None
+    predict = _predictor(unet, base, denoiser, r, source, extra)
 
     scheduler = make_scheduler(scheduler_config, r.sampler, r.schedule)
     scheduler.set_timesteps(r.steps, device=device)
@@ -256,20 +253,13 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
         latents = scheduler.add_noise(source, noise, timesteps[:1].repeat(batch))
 
     keep_mask = r.keep_mask.to(device, dtype) if r.keep_mask is not None else None
-    extra = r.extra_channels.to(device, dtype) if r.extra_channels is not None else None
     # ancestral samplers draw noise every step: from a generator seeded with the seed, for reproducibility
     step_noise = {"generator": torch.Generator("cpu").manual_seed(r.seed)} \
         if "generator" in inspect.signature(scheduler.step).parameters else {}
     total = len(timesteps)
-    module = None
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
-        inputs = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
-        if module is None:  # one module for the whole image: the same seed, the same pixels
-            module = denoiser.pick(*inputs)
-        if device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        noise_pred = module(*inputs)
+        noise_pred = predict(model_input, t)
         step = scheduler.step(noise_pred, t, latents, return_dict=True, **step_noise)
         latents = step.prev_sample.to(dtype)
         if keep_mask is not None:  # a plain UNet inpaints by re-imposing the (re-noised) source outside the mask
@@ -279,6 +269,51 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
         shown = estimate if estimate is not None else latents
         on_step(index + 1, total, lambda shown=shown: preview_image(shown, base))
     return latents
+
+
+def _predictor(unet: Any, base: str, denoiser: torch.nn.Module, r: DenoiseRequest, source: torch.Tensor,
+               extra: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """predict(model_input, t) -> the guided noise prediction of one step: one UNet call for a plain
+    positive/negative pair, or the regions' calls and their weighted mix (nodes/core/regions.py)."""
+    from .conditioning import guidance_pair
+    from .regions import RegionalPredictor, needs_regions, plain
+
+    device, dtype = unet.device, unet.dtype
+    batch, size = source.shape[0], (source.shape[2], source.shape[3])
+    guided = r.cfg_scale > 1.0
+    guidance = torch.tensor(r.cfg_scale, dtype=dtype, device=device) if guided else None
+    pooled_width = r.positive["pooled"].shape[-1] if base == "sdxl" else 0
+    if needs_regions(r.positive, r.negative if guided else {}, size):
+        def side_time_ids(negative: bool) -> torch.Tensor:
+            rows = _time_ids(unet, source, pooled_width, True, batch, r.aesthetic_scores).to(device, dtype)
+            return rows[:batch] if negative else rows[batch:]
+
+        return RegionalPredictor(denoiser, r.positive, r.negative if guided else None, guidance, size, batch, device,
+                                 dtype, extra, side_time_ids if base == "sdxl" else None)
+    positive_entry, negative_entry = plain(r.positive, size), plain(r.negative, size)
+    positive, negative = guidance_pair(positive_entry, negative_entry) if guided else (positive_entry["embeds"], None)
+    rows = [positive.to(device, dtype).expand(batch, -1, -1)]
+    if guided:
+        rows.insert(0, negative.to(device, dtype).expand(batch, -1, -1))
+    embeds = torch.cat(rows)
+    text_embeds = time_ids = None
+    if base == "sdxl":
+        sides = (negative_entry, positive_entry) if guided else (positive_entry,)
+        text_embeds = torch.cat([c["pooled"].to(device, dtype).expand(batch, -1) for c in sides])
+        time_ids = _time_ids(unet, source, text_embeds.shape[-1], guided, batch, r.aesthetic_scores).to(device, dtype)
+
+    module = None
+
+    def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nonlocal module
+        inputs = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
+        if module is None:  # one module for the whole image: the same seed, the same pixels
+            module = denoiser.pick(*inputs)
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        return module(*inputs)
+
+    return predict
 
 
 def _time_ids(unet: Any, latents: torch.Tensor, pooled_width: int, guided: bool, batch: int,
@@ -336,10 +371,13 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def decode_latents(vae: Any, latents: torch.Tensor, tiled: bool = False) -> list[Image.Image]:
-    """Scaled latents -> RGB images; tiled decodes in overlapping tiles (diffusers' tiled_decode) to bound memory."""
+def decode_latents(vae: Any, latents: torch.Tensor, tiled: bool = False, seamless_axes: str = "none") -> list[Image.Image]:
+    """Scaled latents -> RGB images; tiled decodes in overlapping tiles (diffusers' tiled_decode) to bound memory;
+    seamless_axes: the decoder pads circularly along them (a tiling image)."""
+    from .seamless import seamless
+
     work = _vae_dtype(vae, vae.dtype)
-    with _vae_in(vae, work):
+    with _vae_in(vae, work), seamless(vae, seamless_axes):
         scaled = (latents.to(vae.device) / vae.config.scaling_factor).to(work)
         pixels = (vae.tiled_decode if tiled else vae.decode)(scaled, return_dict=False)[0]
     array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

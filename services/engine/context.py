@@ -63,6 +63,9 @@ class NodeModels:
     def face_detector(self, name: str) -> Any:
         return self._manager.face_detector(name)
 
+    def preprocessor(self, architecture: str) -> ModelInfo:
+        return self._manager.preprocessor(architecture)
+
     @property
     def compile_mode(self) -> str:
         return self._manager.compile_mode

@@ -43,6 +43,10 @@ def load_from_disk(info: Any, dtype_name: str, cache_dir: Path, device: str = "c
         from services.models.adapters import read_embedding, read_lora
 
         return read_lora(path) if info.kind == "lora" else read_embedding(path)  # on the CPU; the cache moves them
+    if info.kind == "preprocessor":
+        from services.models.preprocessor_files import load_preprocessor
+
+        return load_preprocessor(path, info.architecture)  # float32 on the CPU; the cache moves it
     if info.kind in ("upscaler", "face_restore"):
         from services.models.restoration_files import load_restoration_model
 

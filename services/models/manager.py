@@ -24,10 +24,11 @@ from typing import Any, Iterator
 
 from services.config import Settings
 from services.models.adapters import EMBEDDINGS_FOLDER
+from services.models.preprocessor_files import PREPROCESSORS_FOLDER
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("main", "vae", "lora", "embedding", "upscaler", "face_restore")
+MODEL_KINDS = ("main", "vae", "lora", "embedding", "upscaler", "face_restore", "preprocessor")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 SIDECAR_SUFFIX = ".config"  # "<file stem>.config/": a diffusers config folder for a non-standard single file
 # Files that sit beside models and are not models themselves: never reported.
@@ -302,6 +303,16 @@ def _probe_embedding(path: Path) -> _Found:
     return _Found(path.parent, path, "embedding", base, fmt, path.stat().st_size)
 
 
+def _probe_preprocessor(path: Path) -> _Found:
+    """A file under <models>/preprocessors/: which preprocessor's weights (architecture) it holds."""
+    from services.models.checkpoints import read_shapes
+    from services.models.preprocessor_files import architecture_of
+
+    fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "pth"
+    return _Found(path.parent, path, "preprocessor", None, fmt, path.stat().st_size,
+                  architecture=architecture_of(path, read_shapes(path)))
+
+
 def _probe_component_folder(folder: Path) -> _Found:
     config = _read_json(folder / "config.json")
     class_name = config.get("_class_name")
@@ -514,8 +525,9 @@ class LocalModelManager(ModelManager):
                 elif form == "component":
                     result = self._probes.probe(path, path / "config.json", _probe_component_folder)
                 elif path.suffix.lower() in WEIGHT_SUFFIXES:
-                    in_embeddings = path.relative_to(root).parts[0] == EMBEDDINGS_FOLDER
-                    result = self._probes.probe(path, path, _probe_embedding if in_embeddings else _probe_file)
+                    folder = path.relative_to(root).parts[0]
+                    probe = {EMBEDDINGS_FOLDER: _probe_embedding, PREPROCESSORS_FOLDER: _probe_preprocessor}.get(folder, _probe_file)
+                    result = self._probes.probe(path, path, probe)
                 elif path.suffix.lower() in _IGNORED_SUFFIXES:
                     continue
                 else:
@@ -654,6 +666,19 @@ class LocalModelManager(ModelManager):
             return open_detector(self.settings.models_dir, name, self.device)
         except DetectorMissingError as exc:
             raise ModelNotFoundError(str(exc)) from None
+
+    def preprocessor(self, architecture: str) -> ModelInfo:
+        """The preprocessor weights of `architecture` (nodes.core.annotators) found in the models folders;
+        ModelNotFoundError says which file to put where."""
+        from services.models.preprocessor_files import missing_message
+
+        for attempt in range(2):
+            if attempt:
+                self.rescan()  # the user may have added the file since the last scan
+            for info in self.list("preprocessor"):
+                if info.architecture == architecture:
+                    return info
+        raise ModelNotFoundError(missing_message(architecture, Path(self.settings.models_dir)))
 
     def cache_stats(self) -> CacheStats:
         with self._lock:
