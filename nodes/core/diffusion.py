@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,10 @@ _PREVIEW_FACTORS = {
 }
 
 # on_step(step, total, preview): preview() makes the step's preview image, only when someone shows it
+# The UNet's extra arguments ControlNets and T2I-Adapters give (nodes/core/controls.py)
+RESIDUAL_ARGUMENTS = ("down_block_additional_residuals", "mid_block_additional_residual",
+                      "down_intrablock_additional_residuals")
+
 StepCallback = Callable[[int, int, Callable[[], Image.Image]], None]
 
 
@@ -88,13 +92,21 @@ class Denoiser(torch.nn.Module):
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, guidance: torch.Tensor | None,
                 extra_channels: torch.Tensor | None = None, text_embeds: torch.Tensor | None = None,
-                time_ids: torch.Tensor | None = None) -> torch.Tensor:
+                time_ids: torch.Tensor | None = None, control: dict[str, Any] | None = None) -> torch.Tensor:
+        """control: the UNet's extra arguments of ControlNets, T2I-Adapters and IP-Adapters
+        (nodes/core/controls.py), None without them."""
         if extra_channels is not None:  # inpainting UNets read mask and masked image beside the latents
             latents = torch.cat([latents, extra_channels], dim=1)
         if guidance is not None:
             latents = torch.cat([latents, latents])
         added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None
-        noise = self.unet(latents, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+        more: dict[str, Any] = {}
+        if control is not None:
+            # copies of the lists: the UNet pops the T2I-Adapter's residuals off theirs
+            more = {k: list(v) if isinstance(v, list) else v for k, v in control.items() if k in RESIDUAL_ARGUMENTS}
+            if "image_embeds" in control:
+                added = {**(added or {}), "image_embeds": control["image_embeds"]}
+        noise = self.unet(latents, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **more)[0]
         if guidance is None:
             return noise
         uncond, cond = noise.chunk(2)
@@ -109,11 +121,17 @@ def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None) ->
     """The Denoiser of a UNet, made once per UNet and mode: on CUDA in channels_last and, unless
     compile_mode is "off", compiled in the background (nodes/core/compiled.py).  Its `pick(inputs)`
     is the module that runs a loop with those inputs."""
-    made: dict[str, Any] = unet.__dict__.setdefault("_invoke_nodes_denoisers", {})
+    return compiled(unet, "_invoke_nodes_denoisers", Denoiser, compile_mode, cache_dir)
+
+
+def compiled(model: Any, slot: str, wrap: Callable[[Any], Any], compile_mode: str, cache_dir: Path | None = None) -> Any:
+    """wrap(model) (a module with `pick`), made once per model, slot and mode and kept on the model;
+    on CUDA the model is tuned and the module compiled in the background unless compile_mode is "off"."""
+    made: dict[str, Any] = model.__dict__.setdefault(slot, {})
     if compile_mode not in made:
-        denoiser = Denoiser(unet)
-        if unet.device.type == "cuda":
-            _tune_for_cuda(unet)
+        denoiser = wrap(model)
+        if model.device.type == "cuda":
+            _tune_for_cuda(model)
             if compile_mode != "off":
                 from .compiled import BackgroundCompiled
 
@@ -128,7 +146,7 @@ def wait_for_compiled(unet: Any, timeout: float | None = None) -> bool:
 
 
 def _tune_for_cuda(unet: Any) -> None:
-    """Layout and kernel choices that speed the UNet up on a GPU without changing what it computes."""
+    """Layout and kernel choices that speed the UNet (or a ControlNet) up on a GPU without changing what it computes."""
     if unet.__dict__.get("_invoke_nodes_tuned"):
         return
     torch.backends.cudnn.benchmark = True  # the same convolution shapes run every step: pick kernels once
@@ -196,6 +214,8 @@ class DenoiseRequest:
     keep_mask: torch.Tensor | None = None  # latent-sized, 1 where the source latents are kept (plain-UNet inpaint)
     aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiners: positive, negative (diffusers' defaults)
     extra_channels: torch.Tensor | None = None  # inpainting UNets: mask + masked-image latents
+    controls: list[tuple[dict[str, Any], tuple[bool, bool], Any]] = field(default_factory=list)  # (control, rows, model)
+    ip_adapter: Any = None  # controls.IPAdapterRun: IP-Adapters installed on the UNet for this run
 
 
 def step_range(steps: int, start: float, end: float) -> tuple[int, int]:
@@ -214,6 +234,7 @@ def denoise(unet: Any, base: str, scheduler_config: Any, request: DenoiseRequest
 
 def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_step: StepCallback,
              compile_mode: str, cache_dir: Path | None) -> torch.Tensor:
+    from . import controls as control_steps
     from .conditioning import guidance_pair
 
     device, dtype = unet.device, unet.dtype
@@ -258,13 +279,18 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
     step_noise = {"generator": torch.Generator("cpu").manual_seed(r.seed)} \
         if "generator" in inspect.signature(scheduler.step).parameters else {}
     total = len(timesteps)
+    # ControlNets, T2I- and IP-Adapters (nodes/core/controls.py): the UNet's extra arguments, each step
+    steering = control_steps.Steering.of(r.controls, r.ip_adapter, guided, source, (first * order, total, len(scheduler.timesteps)),
+                                         compile_mode, cache_dir)
     module = None
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
-        inputs = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
-        module = module or denoiser.pick(*inputs)  # one module for the whole image: the same seed, the same pixels
         if device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
+        inputs: tuple[Any, ...] = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
+        if steering is not None:
+            inputs += (steering.step(index, model_input, t, embeds, text_embeds, time_ids),)
+        module = module or denoiser.pick(*inputs)  # one module for the whole image: the same seed, the same pixels
         noise_pred = module(*inputs)
         step = scheduler.step(noise_pred, t, latents, return_dict=True, **step_noise)
         latents = step.prev_sample.to(dtype)
