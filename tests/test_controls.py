@@ -321,3 +321,35 @@ def test_ip_adapter_matches_diffusers_ip_adapter_pipeline(manager, models_dir):
     plain = denoise(pipe.unet, "sd1", pipe.scheduler.config, request.__class__(**{**request.__dict__, "ip_adapter": None}),
                     lambda *a: None)
     assert not torch.allclose(ours, plain, atol=1e-3)
+
+
+def test_the_denoiser_with_every_control_compiles_once_for_the_whole_run(manager):
+    """On CUDA the denoiser is compiled (in the background); here with a backend that needs no
+    compiler: a step outside every control's range has the same input structure, so one build
+    serves the whole run, and the compiled module computes what the eager one does."""
+    from nodes.base import IPAdapterRef
+    from nodes.core.compiled import BackgroundCompiled
+    from nodes.core.controls import Steering, ip_adapters_installed, make_control
+    from nodes.core.diffusion import Denoiser
+
+    pipe = manager.load("tiny-sd1")
+    controls = [(make_control("controlnet", "controlnet-ldm", control_image(), 1.0, 0, 0.5), (True, True),
+                 manager.load("controlnet-ldm")),
+                (make_control("t2i_adapter", "t2i-folder", control_image(), 1.0, 0.5, 1), (True, True), manager.load("t2i-folder"))]
+    ref = IPAdapterRef(model_id="ip-ip-adapter", clip_vision_id="ip-image-encoder", image={"image_name": "x"}, start=0.5)
+    generator = torch.Generator().manual_seed(0)
+    sample, embeds = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(2, 77, 32, generator=generator)
+    t, guidance = torch.tensor(500), torch.tensor(7.5)
+    with ip_adapters_installed(pipe.unet, [(manager.load("ip-ip-adapter"), manager.load("ip-image-encoder"),
+                                            control_image(), ref)]) as ip, torch.inference_mode():
+        steering = Steering.of(controls, ip, True, torch.zeros(1, 4, 8, 8), (0, 2, 2), "off", None)
+        eager = Denoiser(pipe.unet)
+        denoiser = BackgroundCompiled(eager, "default", None, backend="aot_eager")
+        steps = [(sample, t, embeds, guidance, None, None, None, steering.step(i, sample, t, embeds, None, None))
+                 for i in range(2)]
+        assert denoiser.pick(*steps[0]) is eager
+        assert denoiser.wait(300) and not denoiser.failed
+        for inputs in steps:  # first half: ControlNet; second: T2I-Adapter and IP-Adapter
+            assert denoiser.pick(*inputs) is denoiser.compiled
+            torch.testing.assert_close(denoiser.compiled(*inputs), eager(*inputs), rtol=1e-4, atol=1e-4)
+    assert len(denoiser.build_seconds) == 1

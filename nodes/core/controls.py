@@ -3,10 +3,11 @@
 ControlNets and T2I-Adapters travel on conditioning (controlnet_apply / t2i_adapter_apply add a
 control to the "controls" list of a conditioning dict), as ComfyUI's ControlNetApplyAdvanced does:
 a control carried by the positive and the negative applies to both rows of the guidance batch, one
-carried by only one of them to its rows only.  Each step, `step_inputs` evaluates the controls
-whose start/end range holds that step and returns the extra UNet arguments, or None when no
-control is active (the plain path stays as it was).  Control images are stretched to the
-generation size with Lanczos, as diffusers' ControlNet pipelines (and InvokeAI's "just_resize") do.
+carried by only one of them to its rows only.  `Steering` prepares them for a run and gives the
+UNet's extra arguments each step: the residuals of the controls whose start/end range holds that
+step, zeros when none does (one input structure for a compiled denoiser).  Control images are
+stretched to the generation size with Lanczos, as diffusers' ControlNet pipelines (and InvokeAI's
+"just_resize") do.
 
 IP-Adapters are UNet patches (they add key/value projections to every cross-attention layer):
 they ride on the UNet pin like LoRAs and are installed for one run, then the UNet's own attention
@@ -134,7 +135,7 @@ class Steering:
         places = [((done + i) / whole, (done + i + 1) / whole) for i in range(count)]
         batch, device, dtype = latents.shape[0], latents.device, latents.dtype
         size = (latents.shape[3] * 8, latents.shape[2] * 8)
-        active = []
+        active, controlnet_config = [], None
         for control, (on_negative, on_positive), model in controls:
             rows = ([on_negative] if guided else []) + [on_positive]
             steps = [_applies(control["start"], control["end"], *place) for place in places]
@@ -144,6 +145,7 @@ class Steering:
             item = ActiveControl(control["kind"], steps, weights[:, None, None, None])
             if control["kind"] == "controlnet":
                 item.runner = compiled(model, "_invoke_nodes_denoisers", ControlNetRunner, compile_mode, cache_dir)
+                controlnet_config = model.config  # every ControlNet of a stack gives residuals of the UNet's shapes
                 item.hint = resized(control["image"], size).to(device, dtype).expand(len(weights), -1, -1, -1)
             else:
                 grey = model.config.in_channels == 1  # sketch adapters read one channel
@@ -154,10 +156,8 @@ class Steering:
             return None
         zeros = {}
         rows_count = batch * (1 + guided)
-        cn = next((c for c in active if c.runner is not None), None)
-        if cn is not None:
-            config = cn.runner.eager.controlnet.config if hasattr(cn.runner, "eager") else cn.runner.controlnet.config
-            shapes = residual_shapes(config, rows_count, latents.shape[2], latents.shape[3])
+        if controlnet_config is not None:
+            shapes = residual_shapes(controlnet_config, rows_count, latents.shape[2], latents.shape[3])
             zeros["controlnet"] = [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
         t2i = next((c for c in active if c.runner is None), None)
         if t2i is not None:

@@ -280,8 +280,8 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
         if "generator" in inspect.signature(scheduler.step).parameters else {}
     total = len(timesteps)
     # ControlNets, T2I- and IP-Adapters (nodes/core/controls.py): the UNet's extra arguments, each step
-    steering = control_steps.Steering.of(r.controls, r.ip_adapter, guided, source, (first * order, total, len(scheduler.timesteps)),
-                                         compile_mode, cache_dir)
+    span = (first * order, total, len(scheduler.timesteps))  # where the pass lies in the whole schedule
+    steering = control_steps.Steering.of(r.controls, r.ip_adapter, guided, source, span, compile_mode, cache_dir)
     module = None
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
