@@ -79,7 +79,8 @@ class Shell:
             "load": (self.cmd_load, "load FILE", "open a saved session or a PNG made by invoke-nodes"),
             "new": (self.cmd_new, "new", "start an empty session"),
             "models": (self.cmd_models, "models [KIND]", "models found in the models folders (one kind: main, vae, lora, "
-                       "embedding, upscaler, face_restore), and files that are not models (and why)"),
+                       "embedding, upscaler, face_restore, controlnet, t2i_adapter, ip_adapter, clip_vision), "
+                       "and files that are not models (and why)"),
             "quit": (self.cmd_quit, "quit", "leave (also: exit, Ctrl-D)"),
             "exit": (self.cmd_quit, "exit", "leave"),
         }

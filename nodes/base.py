@@ -79,12 +79,25 @@ class LoRARef(BaseModel):
     weight: float = 1.0
 
 
+class IPAdapterRef(BaseModel):
+    """One IP-Adapter on a UNet: the adapter, the CLIP vision encoder that reads its image, and when it applies."""
+
+    model_id: str
+    clip_vision_id: str
+    image: ImageField
+    weight: float = 1.0
+    start: float = 0.0  # fraction of the schedule where it starts / stops applying
+    end: float = 1.0
+
+
 class UNetField(BaseModel):
-    """A main model's denoiser with the LoRAs applied to it while it runs (its base weights are never changed)."""
+    """A main model's denoiser with the LoRAs (and IP-Adapters) applied to it while it runs (its base
+    weights are never changed)."""
 
     type_tag: ClassVar[str] = "unet"
     model_id: str
     loras: list[LoRARef] = Field(default_factory=list)
+    ip_adapters: list[IPAdapterRef] = Field(default_factory=list)
 
 
 class ClipField(BaseModel):
@@ -100,6 +113,20 @@ class VAEField(BaseModel):
     """A VAE: a main model's own (a main model id) or a separate one (a vae model id)."""
 
     type_tag: ClassVar[str] = "vae"
+    model_id: str
+
+
+class ControlNetField(BaseModel):
+    """A ControlNet (by model id): controlnet_apply attaches it to conditioning."""
+
+    type_tag: ClassVar[str] = "control_model"
+    model_id: str
+
+
+class T2IAdapterField(BaseModel):
+    """A T2I-Adapter (by model id): t2i_adapter_apply attaches it to conditioning."""
+
+    type_tag: ClassVar[str] = "t2i_adapter"
     model_id: str
 
 
@@ -126,6 +153,8 @@ PIN_TYPES: dict[str, PinType] = {p.tag: p for p in (
     PinType(UNetField, "model_id", None, (110, 150, 240)),
     PinType(ClipField, "model_id", None, (240, 210, 110)),
     PinType(VAEField, "model_id", None, (235, 100, 100)),
+    PinType(ControlNetField, "model_id", None, (90, 215, 215)),
+    PinType(T2IAdapterField, "model_id", None, (175, 120, 240)),
 )}
 STORED_TAGS = frozenset(tag for tag, pin in PIN_TYPES.items() if pin.store is not None)
 

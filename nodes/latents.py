@@ -125,16 +125,19 @@ class DenoiseLatentsInvocation(BaseInvocation):
         keep_mask = self._keep_mask(context, mask, latents) if mask is not None else None
         with pins.unet(context, self.unet) as (pipe, info):
             self._check_model(pipe, info, positive, negative)
-            request = DenoiseRequest(positive=positive, negative=negative, latents=latents, seed=self.seed, noise=noise,
-                                     steps=self.steps, cfg_scale=self.cfg_scale, sampler=self.sampler,
-                                     schedule=self.schedule, start=self.denoise_start, end=self.denoise_end,
-                                     add_noise=self.add_noise, keep_mask=keep_mask, seamless=self.seamless)
-            try:
-                result = denoise(pipe.unet, info.base, pipe.scheduler.config, request,
-                                 lambda step, total, preview: context.progress(step, total, "denoising", preview),
-                                 context.models.compile_mode, context.models.cache_dir)
-            except RegionsError as exc:
-                raise NodeInputError("negative" if exc.negative else "positive", str(exc)) from None
+            with pins.controls(context, positive, negative, info, pipe.unet) as controls, \
+                    pins.ip_adapters(context, self.unet, pipe.unet) as ip_adapter:
+                request = DenoiseRequest(positive=positive, negative=negative, latents=latents, seed=self.seed, noise=noise,
+                                         steps=self.steps, cfg_scale=self.cfg_scale, sampler=self.sampler,
+                                         schedule=self.schedule, start=self.denoise_start, end=self.denoise_end,
+                                         add_noise=self.add_noise, keep_mask=keep_mask, seamless=self.seamless,
+                                         controls=controls, ip_adapter=ip_adapter)
+                try:
+                    result = denoise(pipe.unet, info.base, pipe.scheduler.config, request,
+                                     lambda step, total, preview: context.progress(step, total, "denoising", preview),
+                                     context.models.compile_mode, context.models.cache_dir)
+                except RegionsError as exc:
+                    raise NodeInputError("negative" if exc.negative else "positive", str(exc)) from None
         return LatentsOutput.of(context, result)
 
     @staticmethod

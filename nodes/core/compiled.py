@@ -30,8 +30,27 @@ ARTIFACTS_FILE = "compiled-artifacts.bin"
 RECOMPILE_LIMIT = 64
 
 
-def _signature(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else x for x in inputs)
+def _signature(inputs: Any) -> Any:
+    """What a compiled module is built for: tensor shapes, and the other values, inside lists and dicts too
+    (ControlNet residuals, IP-Adapter tokens)."""
+    if isinstance(inputs, torch.Tensor):
+        return tuple(inputs.shape), inputs.dtype, inputs.device
+    if isinstance(inputs, (list, tuple)):
+        return tuple(_signature(x) for x in inputs)
+    if isinstance(inputs, dict):
+        return tuple((k, _signature(v)) for k, v in inputs.items())
+    return inputs
+
+
+def _copy(inputs: Any) -> Any:
+    """The inputs for the background build, tensors cloned (the loop's may be reused or overwritten)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.clone()
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_copy(x) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: _copy(v) for k, v in inputs.items()}
+    return inputs
 
 
 def load_artifacts(cache_dir: Path) -> None:
@@ -94,7 +113,7 @@ class BackgroundCompiled:
                 return self.compiled
             if state is None:
                 self._states[key] = "building"
-                copies = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+                copies = _copy(inputs)
                 threading.Thread(target=self._build, args=(key, copies), name="compile-denoiser", daemon=True).start()
         return self.eager
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,10 @@ _PREVIEW_FACTORS = {
 }
 
 # on_step(step, total, preview): preview() makes the step's preview image, only when someone shows it
+# The UNet's extra arguments ControlNets and T2I-Adapters give (nodes/core/controls.py)
+RESIDUAL_ARGUMENTS = ("down_block_additional_residuals", "mid_block_additional_residual",
+                      "down_intrablock_additional_residuals")
+
 StepCallback = Callable[[int, int, Callable[[], Image.Image]], None]
 
 
@@ -88,13 +92,21 @@ class Denoiser(torch.nn.Module):
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, guidance: torch.Tensor | None,
                 extra_channels: torch.Tensor | None = None, text_embeds: torch.Tensor | None = None,
-                time_ids: torch.Tensor | None = None) -> torch.Tensor:
+                time_ids: torch.Tensor | None = None, control: dict[str, Any] | None = None) -> torch.Tensor:
+        """control: the UNet's extra arguments of ControlNets, T2I-Adapters and IP-Adapters
+        (nodes/core/controls.py), None without them."""
         if extra_channels is not None:  # inpainting UNets read mask and masked image beside the latents
             latents = torch.cat([latents, extra_channels], dim=1)
         if guidance is not None:
             latents = torch.cat([latents, latents])
         added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None
-        noise = self.unet(latents, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+        more: dict[str, Any] = {}
+        if control is not None:
+            # copies of the lists: the UNet pops the T2I-Adapter's residuals off theirs
+            more = {k: list(v) if isinstance(v, list) else v for k, v in control.items() if k in RESIDUAL_ARGUMENTS}
+            if "image_embeds" in control:
+                added = {**(added or {}), "image_embeds": control["image_embeds"]}
+        noise = self.unet(latents, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **more)[0]
         if guidance is None:
             return noise
         uncond, cond = noise.chunk(2)
@@ -112,16 +124,23 @@ def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None, se
     traced with circular padding must never serve a plain run (denoise() holds off builds meanwhile)."""
     if seamless != "none":
         compile_mode = "off"
-    made: dict[str, Any] = unet.__dict__.setdefault("_invoke_nodes_denoisers", {})
+    return compiled(unet, "_invoke_nodes_denoisers", Denoiser, compile_mode, cache_dir)
+
+
+def compiled(model: Any, slot: str, wrap: Callable[[Any], Any], compile_mode: str, cache_dir: Path | None = None) -> Any:
+    """wrap(model) (a module with `pick`), made once per model, slot and mode and kept on the model;
+    on CUDA the model is tuned; unless compile_mode is "off" the module is compiled in the background
+    ("auto" is off on a CPU: the manager decides; asked for by name, it compiles there too)."""
+    made: dict[str, Any] = model.__dict__.setdefault(slot, {})
     if compile_mode not in made:
-        denoiser = Denoiser(unet)
-        if unet.device.type == "cuda":
-            _tune_for_cuda(unet)
-        if compile_mode != "off":  # "auto" is off on a CPU (the manager decides); asked for, it compiles there too
+        module = wrap(model)
+        if model.device.type == "cuda":
+            _tune_for_cuda(model)
+        if compile_mode != "off":
             from .compiled import BackgroundCompiled
 
-            denoiser = BackgroundCompiled(denoiser, compile_mode, cache_dir)
-        made[compile_mode] = denoiser
+            module = BackgroundCompiled(module, compile_mode, cache_dir)
+        made[compile_mode] = module
     return made[compile_mode]
 
 
@@ -134,7 +153,7 @@ CUDNN_BENCHMARK = True  # let cuDNN time its convolution algorithms on each new 
 
 
 def _tune_for_cuda(unet: Any) -> None:
-    """Layout and kernel choices that speed the UNet up on a GPU without changing what it computes."""
+    """Layout and kernel choices that speed the UNet (or a ControlNet) up on a GPU without changing what it computes."""
     if unet.__dict__.get("_invoke_nodes_tuned"):
         return
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # the same convolution shapes run every step
@@ -203,6 +222,8 @@ class DenoiseRequest:
     aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiners: positive, negative (diffusers' defaults)
     extra_channels: torch.Tensor | None = None  # inpainting UNets: mask + masked-image latents
     seamless: str = "none"  # none | x | y | both: the UNet pads circularly along those axes (a tiling image)
+    controls: list[tuple[dict[str, Any], tuple[bool, bool], Any]] = field(default_factory=list)  # (control, rows, model)
+    ip_adapter: Any = None  # controls.IPAdapterRun: IP-Adapters installed on the UNet for this run
 
 
 def step_range(steps: int, start: float, end: float) -> tuple[int, int]:
@@ -231,7 +252,6 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
     source = r.latents.to(device, dtype)
     batch = source.shape[0]
     extra = r.extra_channels.to(device, dtype) if r.extra_channels is not None else None
-    predict = _predictor(unet, base, denoiser, r, source, extra)
 
     scheduler = make_scheduler(scheduler_config, r.sampler, r.schedule)
     scheduler.set_timesteps(r.steps, device=device)
@@ -257,9 +277,11 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
     step_noise = {"generator": torch.Generator("cpu").manual_seed(r.seed)} \
         if "generator" in inspect.signature(scheduler.step).parameters else {}
     total = len(timesteps)
+    span = (first * order, total, len(scheduler.timesteps))  # where the pass lies in the whole schedule
+    predict = _predictor(unet, base, denoiser, r, source, extra, span, compile_mode, cache_dir)
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
-        noise_pred = predict(model_input, t)
+        noise_pred = predict(index, model_input, t)
         step = scheduler.step(noise_pred, t, latents, return_dict=True, **step_noise)
         latents = step.prev_sample.to(dtype)
         if keep_mask is not None:  # a plain UNet inpaints by re-imposing the (re-noised) source outside the mask
@@ -272,11 +294,14 @@ def _denoise(unet: Any, base: str, scheduler_config: Any, r: DenoiseRequest, on_
 
 
 def _predictor(unet: Any, base: str, denoiser: torch.nn.Module, r: DenoiseRequest, source: torch.Tensor,
-               extra: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """predict(model_input, t) -> the guided noise prediction of one step: one UNet call for a plain
-    positive/negative pair, or the regions' calls and their weighted mix (nodes/core/regions.py)."""
+               extra: torch.Tensor | None, span: tuple[int, int, int], compile_mode: str,
+               cache_dir: Path | None) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """predict(index, model_input, t) -> the guided noise prediction of step `index` of the pass: one
+    UNet call for a plain positive/negative pair (steered by ControlNets, T2I- and IP-Adapters:
+    nodes/core/controls.py), or the regions' calls and their weighted mix (nodes/core/regions.py)."""
     from .conditioning import guidance_pair
-    from .regions import RegionalPredictor, needs_regions, plain
+    from .controls import Steering
+    from .regions import RegionalPredictor, RegionsError, needs_regions, plain
 
     device, dtype = unet.device, unet.dtype
     batch, size = source.shape[0], (source.shape[2], source.shape[3])
@@ -288,8 +313,12 @@ def _predictor(unet: Any, base: str, denoiser: torch.nn.Module, r: DenoiseReques
             rows = _time_ids(unet, source, pooled_width, True, batch, r.aesthetic_scores).to(device, dtype)
             return rows[:batch] if negative else rows[batch:]
 
-        return RegionalPredictor(denoiser, r.positive, r.negative if guided else None, guidance, size, batch, device,
-                                 dtype, extra, side_time_ids if base == "sdxl" else None)
+        if r.controls or r.ip_adapter is not None:
+            raise RegionsError("ControlNets, T2I- and IP-Adapters do not steer regional prompts yet: apply them to a "
+                               "plain prompt, or leave the regions out", negative=False)
+        regional = RegionalPredictor(denoiser, r.positive, r.negative if guided else None, guidance, size, batch, device,
+                                     dtype, extra, side_time_ids if base == "sdxl" else None)
+        return lambda _index, model_input, t: regional(model_input, t)
     positive_entry, negative_entry = plain(r.positive, size), plain(r.negative, size)
     positive, negative = guidance_pair(positive_entry, negative_entry) if guided else (positive_entry["embeds"], None)
     rows = [positive.to(device, dtype).expand(batch, -1, -1)]
@@ -302,15 +331,19 @@ def _predictor(unet: Any, base: str, denoiser: torch.nn.Module, r: DenoiseReques
         text_embeds = torch.cat([c["pooled"].to(device, dtype).expand(batch, -1) for c in sides])
         time_ids = _time_ids(unet, source, text_embeds.shape[-1], guided, batch, r.aesthetic_scores).to(device, dtype)
 
+    steering = Steering.of(r.controls, r.ip_adapter, guided, source, span, compile_mode, cache_dir) \
+        if r.controls or r.ip_adapter is not None else None
     module = None
 
-    def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict(index: int, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         nonlocal module
-        inputs = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
+        if device.type == "cuda":  # before the ControlNets: their outputs are read by this step's UNet call
+            torch.compiler.cudagraph_mark_step_begin()
+        inputs: tuple[Any, ...] = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
+        if steering is not None:
+            inputs += (steering.step(index, model_input, t, embeds, text_embeds, time_ids),)
         if module is None:  # one module for the whole image: the same seed, the same pixels
             module = denoiser.pick(*inputs)
-        if device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
         return module(*inputs)
 
     return predict

@@ -82,3 +82,53 @@ def embeddings(context: Any) -> Iterator[Any]:
             return found[name]
 
         yield lookup
+
+
+@contextlib.contextmanager
+def controls(context: Any, positive: dict[str, Any], negative: dict[str, Any], unet_info: Any, unet: Any) -> Iterator[list[Any]]:
+    """The ControlNets / T2I-Adapters the conditionings carry as (control, rows, loaded model), kept
+    loaded for the block; one made for another model family fails naming the conditioning field."""
+    from .controls import controls_of
+
+    found = controls_of(positive, negative)
+    with contextlib.ExitStack() as stack:
+        infos = [model_info(context, "positive", control["model_id"], control["kind"]) for control, _ in found]
+        models = _use(stack, context, "positive", *(info.id for info in infos)) if found else []
+        for info, model in zip(infos, models):
+            width = getattr(model.config, "cross_attention_dim", None)
+            if (info.base == "sdxl") != (unet_info.base == "sdxl") or width not in (None, unet.config.cross_attention_dim):
+                raise NodeInputError("positive", f"{info.kind} '{info.id}' is made for {info.base}, the UNet of "
+                                                 f"'{unet_info.id}' is {unet_info.base}: use a control model of its family")
+        yield [(control, rows, model) for (control, rows), model in zip(found, models)]
+
+
+@contextlib.contextmanager
+def ip_adapters(context: Any, pin: UNetField, unet: Any, field: str = "unet") -> Iterator[Any]:
+    """The pin's IP-Adapters installed on `unet` for the block (controls.IPAdapterRun), None without any."""
+    from .controls import ip_adapters_installed
+
+    refs = [ref for ref in pin.ip_adapters if ref.weight != 0]  # weight 0: not installed at all
+    if not refs:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        adapters = []
+        for ref in refs:
+            adapter_id = model_info(context, field, ref.model_id, "ip_adapter").id
+            clip_id = model_info(context, field, ref.clip_vision_id, "clip_vision").id
+            weights, clip_vision = _use(stack, context, field, adapter_id, clip_id)
+            reads = clip_vision.config.projection_dim if weights.variant == "normal" else clip_vision.config.hidden_size
+            if weights.image_width != reads:
+                raise NodeInputError(field, f"IP-Adapter '{adapter_id}' reads CLIP image features {weights.image_width} wide, "
+                                            f"'{clip_id}' gives {reads}: use the image encoder it was trained with")
+            context_width = weights.state["ip_adapter"]["1.to_k_ip.weight"].shape[1]
+            if context_width != unet.config.cross_attention_dim:
+                raise NodeInputError(field, f"IP-Adapter '{adapter_id}' is made for another model family (its layers take "
+                                            f"{context_width}, this UNet's {unet.config.cross_attention_dim})")
+            try:
+                image = context.images.get(ref.image)
+            except KeyError as exc:
+                raise NodeInputError(field, f"the image of IP-Adapter '{adapter_id}': {exc}") from None
+            adapters.append((weights, clip_vision, image, ref))
+        with ip_adapters_installed(unet, adapters) as run:
+            yield run

@@ -100,7 +100,13 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         return read_safetensors_shapes(path)
     state = load_pickle_state_dict(path)
-    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    shapes = {}
+    for key, value in state.items():  # one level of nesting: IP-Adapter .bin files hold {"image_proj": {...}, ...}
+        inner = value.items() if isinstance(value, Mapping) else ()
+        shapes.update({f"{key}.{k}": tuple(v.shape) for k, v in inner if hasattr(v, "shape")})
+        if hasattr(value, "shape"):
+            shapes[key] = tuple(value.shape)
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -244,3 +250,27 @@ def sd1_to_ldm(unet: Any, vae: Any, text_encoder: Any) -> dict[str, Any]:
     state = {**unet_to_ldm(unet.state_dict(), unet.config), **vae_to_ldm(vae.state_dict(), vae.config),
              **clip_to_ldm(text_encoder.state_dict())}
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def controlnet_to_ldm(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers ControlNetModel's tensors in the original `control_model.*` layout (its encoder
+    half named as the UNet's, zero convolutions and the hint encoder as ControlNet 1.x names them)."""
+    hint_blocks = 2 * (len(config["conditioning_embedding_out_channels"]) - 1)
+    encoder, out = {}, {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        if module.startswith("controlnet_down_blocks."):
+            new = f"zero_convs.{module.split('.')[1]}.0"
+        elif module == "controlnet_mid_block":
+            new = "middle_block_out.0"
+        elif module.startswith("controlnet_cond_embedding."):
+            part = module.split(".", 1)[1]
+            index = 0 if part == "conv_in" else 2 * (hint_blocks + 1) if part == "conv_out" else 2 * (int(part.split(".")[1]) + 1)
+            new = f"input_hint_block.{index}"
+        else:
+            encoder[key] = value
+            continue
+        out[f"control_model.{new}.{param}"] = value
+    for key, value in unet_to_ldm(encoder, {**config, "up_block_types": []}).items():
+        out["control_model." + key[len(UNET_PREFIX):]] = value
+    return out

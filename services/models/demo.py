@@ -289,3 +289,131 @@ def main(argv: list[str] | None = None) -> int:
     index = args.dir.expanduser() / "DEMO-MODELS.json"
     index.write_text(json.dumps({"random_weights": True, "files": [p.name for p in written]}, indent=2))
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Control models for the tiny models: ControlNet, T2I-Adapter, IP-Adapter and its CLIP vision encoder
+
+TINY_IMAGE_WIDTH = 32  # the tiny CLIP vision encoder's projection width
+
+
+def tiny_controlnet(unet: Any = None, seed: int = 50) -> Any:
+    """A ControlNet made from a UNet (as ControlNetModel.from_unet) whose zero convolutions get random
+    weights: trained ControlNets' are far from zero, and zeros would make every strength the same."""
+    import torch
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet if unet is not None else tiny_unet())
+    generator = torch.Generator().manual_seed(seed)
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in zero_convs:
+            for parameter in conv.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return controlnet.eval()
+
+
+def write_tiny_controlnet(path: Path | str, controlnet: Any, layout: str = "diffusers") -> Path:
+    """layout: "diffusers" (a folder), "ldm" (one file in the original control_model.* layout) or
+    "diffusers-file" (one file of diffusers names); single files get a "<stem>.config/" beside them."""
+    from safetensors.torch import save_file
+
+    from services.models.checkpoints import controlnet_to_ldm
+
+    path = Path(path)
+    if layout == "diffusers":
+        controlnet.save_pretrained(path, safe_serialization=True)
+        return path
+    state = controlnet.state_dict()
+    if layout == "ldm":
+        state = controlnet_to_ldm(state, controlnet.config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
+    controlnet.save_config(sidecar_folder(path))
+    return path
+
+
+def tiny_t2i_adapter(seed: int = 60, channels: tuple[int, ...] = (32, 64)) -> Any:
+    """A full T2I-Adapter whose features fit the tiny SD 1.x UNet's down blocks (random weights)."""
+    from diffusers import T2IAdapter
+
+    _seeded(seed)
+    return T2IAdapter(in_channels=3, channels=list(channels), num_res_blocks=1, downscale_factor=8,
+                      adapter_type="full_adapter").eval()
+
+
+def write_tiny_t2i_adapter(path: Path | str, adapter: Any, layout: str = "diffusers") -> Path:
+    """layout: "diffusers" (a folder), "diffusers-file" or "original" (TencentARC's key names) single files."""
+    import re
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if layout == "diffusers":
+        adapter.save_pretrained(path, safe_serialization=True)
+        return path
+    state = {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
+    if layout == "original":  # body.<level>.resnets.<block> -> body.<level * blocks + block>, no "adapter." prefix
+        blocks = adapter.config.num_res_blocks
+        renamed = {}
+        for key, value in state.items():
+            key = key[len("adapter."):]
+            m = re.match(r"body\.(\d+)\.(resnets\.(\d+)\.)?(.*)$", key)
+            if m:
+                index = int(m.group(1)) * blocks + int(m.group(3) or 0)
+                key = f"body.{index}.{m.group(4)}"
+            renamed[key] = value
+        state = renamed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def tiny_clip_vision(seed: int = 70) -> Any:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    _seeded(seed)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=TINY_IMAGE_WIDTH)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def write_tiny_clip_vision(folder: Path | str, seed: int = 70) -> Path:
+    folder = Path(folder)
+    tiny_clip_vision(seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def tiny_ip_adapter_state(unet: Any, image_width: int = TINY_IMAGE_WIDTH, seed: int = 80) -> dict[str, dict[str, Any]]:
+    """An IP-Adapter for `unet` as h94/IP-Adapter lays it out: image_proj (CLIP embedding -> 4 tokens)
+    and ip_adapter.<n>.to_k_ip / to_v_ip for each cross-attention layer (n = 1, 3, 5, ... in the
+    order of the UNet's attention processors)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    context = unet.config.cross_attention_dim
+    image_proj = {"proj.weight": torch.randn(4 * context, image_width, generator=generator) * 0.1,
+                  "proj.bias": torch.zeros(4 * context), "norm.weight": torch.ones(context), "norm.bias": torch.zeros(context)}
+    ip_adapter = {}
+    for n, name in enumerate(k for k in unet.attn_processors if k.endswith("attn2.processor")):
+        width = unet.get_submodule(name.rsplit(".", 1)[0]).to_k.out_features
+        for part in ("to_k_ip", "to_v_ip"):
+            ip_adapter[f"{2 * n + 1}.{part}.weight"] = torch.randn(width, context, generator=generator) * 0.1
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def write_tiny_ip_adapter(path: Path | str, unet: Any, seed: int = 80) -> Path:
+    """.safetensors with flat image_proj.* / ip_adapter.* keys, or a .bin holding the two dicts."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = tiny_ip_adapter_state(unet, seed=seed)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({f"{part}.{k}": v.contiguous() for part, tensors in state.items() for k, v in tensors.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path

@@ -11,6 +11,7 @@ import torch  # noqa: E402
 
 from services.models.checkpoints import load_pickle_state_dict  # noqa: E402
 from services.models.configs import config_folder  # noqa: E402
+from services.models.control_files import CONTROL_KINDS  # noqa: E402
 
 
 def _quiet_libraries() -> None:
@@ -59,6 +60,8 @@ def load_from_disk(info: Any, dtype_name: str, cache_dir: Path, device: str = "c
         return _load_vae(info, path, dtype, cache_dir)
     if info.kind == "main":
         return _load_pipeline(info, path, dtype, cache_dir)
+    if info.kind in CONTROL_KINDS:
+        return _load_control(info, dtype, cache_dir)
     raise ValueError(f"model '{info.id}' has kind '{info.kind}', which cannot be loaded")
 
 
@@ -92,6 +95,18 @@ def _load_vae(info: Any, path: Path, dtype: torch.dtype, cache_dir: Path) -> Any
     config = config_folder("sd1", cache_dir / "model_configs")  # SD 1.x/2.x/XL VAEs share the architecture
     return AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", **_dtype(dtype),
                                           local_files_only=True)
+
+
+def _load_control(info: Any, dtype: torch.dtype, cache_dir: Path) -> Any:
+    from services.models import control_files
+
+    if info.kind == "controlnet":
+        return control_files.load_controlnet(info, dtype, cache_dir, _dtype(dtype))
+    if info.kind == "t2i_adapter":
+        return control_files.load_t2i_adapter(info, dtype, _dtype(dtype))
+    if info.kind == "ip_adapter":
+        return control_files.read_ip_adapter(info, dtype)
+    return control_files.load_clip_vision(info, dtype)
 
 
 def _modules(model: Any) -> list[torch.nn.Module]:

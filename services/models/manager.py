@@ -28,7 +28,8 @@ from services.models.preprocessor_files import PREPROCESSORS_FOLDER
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("main", "vae", "lora", "embedding", "upscaler", "face_restore", "preprocessor")
+MODEL_KINDS = ("main", "vae", "lora", "embedding", "upscaler", "face_restore", "controlnet", "t2i_adapter", "ip_adapter",
+               "clip_vision", "preprocessor")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 SIDECAR_SUFFIX = ".config"  # "<file stem>.config/": a diffusers config folder for a non-standard single file
 # Files that sit beside models and are not models themselves: never reported.
@@ -61,7 +62,7 @@ class ModelInfo:
     format: str  # diffusers | safetensors | ckpt | pth
     path: str
     size_bytes: int
-    variant: str = "normal"  # "inpaint" for 9-channel inpainting UNets, "refiner" for SDXL refiners
+    variant: str = "normal"  # "inpaint" for 9-channel inpainting UNets, "refiner" for SDXL refiners; IP-Adapters: "plus", "full"
     architecture: str | None = None  # for upscalers / face restorers, as spandrel names it
     config_path: str | None = None  # diffusers config folder used for a single file (sidecar), if any
 
@@ -184,7 +185,13 @@ def _probe_file(path: Path) -> _Found:
     fmt = "safetensors" if path.suffix.lower() == ".safetensors" else ("ckpt" if path.suffix.lower() == ".ckpt" else "pth")
     shapes = read_shapes(path)
     from services.models.adapters import is_lora, lora_base
+    from services.models.control_files import classify_control_file
 
+    control = classify_control_file(shapes)
+    if control is not None:
+        sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
+        return _Found(path.parent, path, control[0], control[1], fmt, path.stat().st_size, control[2],
+                      config_path=sidecar if (sidecar / "config.json").is_file() else None)
     if is_lora(shapes):
         return _Found(path.parent, path, "lora", lora_base(shapes), fmt, path.stat().st_size)
     info = classify_sd_checkpoint(shapes)
@@ -261,7 +268,7 @@ class _ProbeCache:
             return {}
 
 
-_SCAN_CACHE_VERSION = 1
+_SCAN_CACHE_VERSION = 2  # 2: control models (files refused before are probed again)
 
 
 def _found_to_json(found: _Found) -> dict[str, Any]:
@@ -314,10 +321,16 @@ def _probe_preprocessor(path: Path) -> _Found:
 
 
 def _probe_component_folder(folder: Path) -> _Found:
+    from services.models.control_files import folder_base, folder_kind
+
     config = _read_json(folder / "config.json")
     class_name = config.get("_class_name")
+    kind = folder_kind(config)
+    if kind is not None:
+        return _Found(folder.parent, folder, kind, folder_base(kind, config), "diffusers", _dir_size(folder))
     if class_name != "AutoencoderKL":
-        raise ValueError(f"a diffusers {class_name or 'component'} folder; only whole pipelines and VAEs are supported")
+        raise ValueError(f"a diffusers {class_name or 'component'} folder; only whole pipelines, VAEs, ControlNets, "
+                         "T2I-Adapters and CLIP vision encoders are supported")
     return _Found(folder.parent, folder, "vae", None, "diffusers", _dir_size(folder))
 
 
