@@ -52,7 +52,11 @@ def load(invoker: Invoker, path: str) -> Session:
             head = handle.read(MAX_JSON_BYTES + 1)
     except (OSError, ValueError):
         return read_session_file(path)  # says why, naming the file
-    if detect(head, Path(path).name) is None:
+    try:
+        foreign = detect(head, Path(path).name)
+    except ImportFormatError:
+        foreign = None  # not another tool's file either: the session reader says why
+    if foreign is None:
         return read_session_file(path)
     session, report = invoker.import_graph(head, str(Path(path).resolve()))
     print(f"imported: {report.summary()}", file=sys.stderr)
