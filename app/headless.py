@@ -1,5 +1,6 @@
-"""`invoke-nodes run FILE [--set NODE.FIELD=VALUE ...] [--out DIR]`: run a saved session or the
-graph embedded in a PNG made by invoke-nodes, without a prompt, and write the result images.
+"""`invoke-nodes run FILE [--set NODE.FIELD=VALUE ...] [--out DIR]`: run a saved session, the
+graph embedded in a PNG made by invoke-nodes, or a ComfyUI / AUTOMATIC1111 / InvokeAI workflow or
+PNG (imported: the report goes to stderr), without a prompt, and write the result images.
 
 Exit codes: 0 every node finished; 1 a node failed (the node and the reason go to stderr);
 2 the file or an argument could not be used.  Progress and node lines go to stderr, the paths
@@ -11,7 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from nodes.core.untrusted import MAX_JSON_BYTES, regular_file
 from services.container import EXECUTOR_KINDS, IN_PROCESS, Services
+from services.importers import ImportFormatError, detect
 from services.stores.images import ImageStore
 from services.fsutil import atomic_copy
 from services.invoker import Invoker
@@ -27,7 +30,8 @@ OK, NODE_FAILED, BAD_INPUT = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invoke-nodes run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("file", help="a session .json saved by invoke-nodes, or a PNG it made")
+    parser.add_argument("file", help="a session .json saved by invoke-nodes, a PNG it made, or a ComfyUI, "
+                                     "AUTOMATIC1111 or InvokeAI workflow / PNG")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.FIELD=VALUE",
                         help="change an input value before running (repeatable)")
     parser.add_argument("--out", metavar="DIR", default="outputs",
@@ -40,9 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(path: str, assignments: list[str]) -> tuple[Session, Session]:
+def load(invoker: Invoker, path: str) -> Session:
+    """The session in the file: ours as saved, or imported from another tool (its report to stderr).
+    Raises SessionFileError or ImportFormatError, naming the file."""
+    try:
+        with open(regular_file(path), "rb") as handle:
+            head = handle.read(MAX_JSON_BYTES + 1)
+    except (OSError, ValueError):
+        return read_session_file(path)  # says why, naming the file
+    try:
+        foreign = detect(head, Path(path).name)
+    except ImportFormatError:
+        foreign = None  # not another tool's file either: the session reader says why
+    if foreign is None:
+        return read_session_file(path)
+    session, report = invoker.import_graph(head, str(Path(path).resolve()))
+    print(f"imported: {report.summary()}", file=sys.stderr)
+    return session
+
+
+def prepare(path: str, assignments: list[str], loaded: Session | None = None) -> tuple[Session, Session]:
     """(the session as read, the session to run: its graph with the --set values and no results)."""
-    loaded = read_session_file(path)
+    loaded = loaded if loaded is not None else read_session_file(path)
     session = loaded
     for assignment in assignments:
         session = set_field(session, assignment, "--set")
@@ -81,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     for problem in invoker.plugin_errors:
         print(f"warning: {problem}", file=sys.stderr)
     try:
-        loaded, session = prepare(args.file, args.set)
-    except (SessionFileError, CommandError) as exc:
+        loaded, session = prepare(args.file, args.set, load(invoker, args.file))
+    except (SessionFileError, ImportFormatError, CommandError) as exc:
         print(f"invoke-nodes run: {exc}", file=sys.stderr)
         return BAD_INPUT
     invoker.add_session(loaded)

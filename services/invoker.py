@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from nodes.discovery import load_all_nodes
 
@@ -22,6 +23,10 @@ from services.engine.session import DONE_STATES, Session
 from services.models.manager import ModelInfo, UnrecognizedFile
 from services.stores.images import ImageStore
 from services.stores.sessions import SessionNotFoundError, read_session_file
+
+if TYPE_CHECKING:
+    from services.importers import ImportReport
+    from services.models.hashes import HashCache
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ class Invoker:
         self._finished: dict[str, bool] = {}  # session id -> its last run ended without a cancel
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self._hashes: HashCache | None = None  # model file hashes, made on the first import
         if start:
             self.start()
 
@@ -62,6 +68,23 @@ class Invoker:
         self._keep(session, reopened=True)
         self.services.sessions.save(session)
         return session
+
+    def import_graph(self, data: bytes, filename: str, fmt: str | None = None) -> tuple[Session, "ImportReport"]:
+        """A ComfyUI / AUTOMATIC1111 / InvokeAI workflow or PNG as a new session (kept and stored),
+        with the report of what was mapped and which models were found.  `filename` names the file in
+        messages; given as an absolute path, images the workflow names are looked for beside it.
+        Raises ImportFormatError (the message names the file and the reason)."""
+        from services.importers import ModelCatalog, import_data
+        from services.models.hashes import HashCache
+
+        if self._hashes is None:
+            self._hashes = HashCache(Path(self.services.settings.data_dir) / "cache" / "model_hashes.json")
+        path = Path(filename)
+        catalog = ModelCatalog(self.list_models(), self._hashes.get)
+        result = import_data(data, filename, catalog, folder=path.parent if path.is_absolute() else None, fmt=fmt)
+        session = Session(result.graph, change=f"imported {path.name} ({result.report.format})", ui=result.ui)
+        self.add_session(session)
+        return session, result.report
 
     def get_session(self, session_id: str) -> Session:
         session = self._running.get(session_id) or self._recent.get(session_id)

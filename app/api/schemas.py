@@ -146,6 +146,23 @@ class SessionModel(BaseModel):
     busy: bool = Field(description="A run of this session is queued or running")
 
 
+class ImportReportModel(BaseModel):
+    format: str = Field(description="comfyui-api | comfyui-workflow | a1111 | invokeai-workflow | invokeai-graph")
+    source: str
+    total: int = Field(description="Nodes (A1111: settings) in the source")
+    unit: str
+    imported: list[str] = Field(description="The source's nodes (or settings) carried over")
+    unmapped: list[dict[str, str]] = Field(description="What was not carried over: id, type, reason")
+    models: list[dict[str, Any]] = Field(description="Model references: kind, reference, model_id (null: missing here)")
+    notes: list[str] = Field(description="Approximations and settings not carried over")
+    summary: str = Field(description="The report in words, as the canvas shows it")
+
+
+class ImportedSession(BaseModel):
+    session: SessionModel
+    report: ImportReportModel
+
+
 class SessionSummary(BaseModel):
     id: str
     parent_id: str | None = None

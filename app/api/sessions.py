@@ -7,9 +7,10 @@ request leaves the session as it was.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request, status
+from fastapi import APIRouter, Body, Depends, File, Query, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from services.engine.graph import Link
@@ -18,7 +19,7 @@ from services.stores.sessions import SessionNotFoundError
 
 from .errors import ApiError
 from .schemas import (AddLink, AppendNode, Canceled, DeleteLink, DeleteNode, Deleted, ForkChange, GraphModel,
-                      NodeAdded, Queued, SessionId, SessionModel, SessionPage, SessionSummary, SetValue)
+                      ImportedSession, NodeAdded, Queued, SessionId, SessionModel, SessionPage, SessionSummary, SetValue)
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
 
@@ -52,6 +53,22 @@ def session_model(invoker: Any, session: Session) -> dict[str, Any]:
 def create_session(graph: GraphModel | None = Body(None), invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
     session = invoker.create_session(graph.model_dump() if graph is not None else None)
     return session_model(invoker, session)
+
+
+@router.post("/import", status_code=status.HTTP_201_CREATED, response_model=ImportedSession,
+             summary="Import a ComfyUI / AUTOMATIC1111 / InvokeAI workflow or PNG (multipart field `file`) as a new "
+                     "session, with the report of what was mapped and which models were found")
+def import_session(file: UploadFile = File(...),
+                   format: str | None = Query(None, description="Force a format: comfyui, a1111 or invokeai"),
+                   invoker: Any = Depends(get_invoker)) -> dict[str, Any]:
+    from services.importers import ImportFormatError
+
+    name = Path(file.filename or "upload").name  # a name only: the server's folders are not searched
+    try:
+        session, report = invoker.import_graph(file.file.read(), name, format)
+    except ImportFormatError as exc:
+        raise ApiError(400, "import_failed", str(exc), field="file") from None
+    return {"session": session_model(invoker, session), "report": report.to_dict()}
 
 
 @router.get("/", response_model=SessionPage, summary="List sessions, newest first")

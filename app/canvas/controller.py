@@ -35,6 +35,8 @@ from services.engine.graph import Graph, GraphError, Link
 from services.engine.session import (CANCELED, COMPLETED, DONE_STATES, FAILED, PENDING, QUEUED, RUNNING, SKIPPED,
                                      STALE, Session)
 from services.invoker import Invoker
+from nodes.core.untrusted import MAX_JSON_BYTES, UntrustedInputError, regular_file
+from services.importers import ImportFormatError, ImportReport, detect
 from services.stores.sessions import SessionFileError, write_session_file
 
 from .demo import demo_graph, demo_positions
@@ -157,6 +159,7 @@ class CanvasController:
             threading.Thread(target=self._watch_cluster, name="cluster-status", daemon=True).start()
         self.session: Session = Session()
         self.path: Path | None = None  # where Ctrl+S writes; None: ask
+        self.import_report: ImportReport | None = None  # of the last import, for the view's dialog
         self.on_dirty: Callable[[bool], None] | None = None  # told of every edit and save (recovery.py)
         self.dirty = False
         self.undo_stack: list[SessionStep | MoveStep] = []
@@ -1061,6 +1064,35 @@ class CanvasController:
             f"; {stale} node(s) stale, their images are not here: Run makes them again" if stale else ""))
         self._remember(path)
         return True
+
+    def import_file(self, path: str | Path) -> bool:
+        """File -> Import: a ComfyUI / AUTOMATIC1111 / InvokeAI workflow or PNG as a new unsaved graph;
+        `import_report` then holds what was mapped (the view shows it before anything runs)."""
+        path = Path(path)
+        try:
+            with open(regular_file(path), "rb") as handle:
+                data = handle.read(MAX_JSON_BYTES + 1)
+            session, report = self.invoker.import_graph(data, str(path.resolve()))
+        except (ImportFormatError, UntrustedInputError) as exc:
+            self._refuse(f"Cannot import: {exc}" if str(path.name) in str(exc) else f"Cannot import {path}: {exc}")
+            return False
+        except OSError as exc:
+            self._refuse(f"Cannot import {path}: {exc.strerror or exc}")
+            return False
+        self.import_report = report
+        self._replace(session, None, f"Imported {path.name}: {len(report.imported)} of {report.total} {report.unit} "
+                                     f"carried over" + (f", {len(report.missing_models)} model(s) missing"
+                                                        if report.missing_models else ""))
+        return True
+
+    def drop_file(self, path: str | Path) -> bool:
+        """A file dropped on the canvas: imported when another tool made it, else opened."""
+        try:
+            with open(regular_file(path), "rb") as handle:
+                foreign = detect(handle.read(MAX_JSON_BYTES + 1), Path(path).name)
+        except (OSError, ValueError):
+            foreign = None  # open() says why
+        return self.import_file(path) if foreign else self.open(path)
 
     def _replace(self, session: Session, path: Path | None, message: str) -> None:
         positions = session.ui.setdefault("positions", {})

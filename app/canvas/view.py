@@ -262,6 +262,8 @@ class CanvasView:
                         dpg.add_menu_item(label=item.title, user_data=item.name,
                                           callback=lambda s, a, u: self.request(lambda: self.c.open_example(u)))
                 dpg.add_menu_item(label="Open...  (Ctrl+O)", callback=lambda: self.request(self.ask_open))
+                dpg.add_menu_item(label="Import (ComfyUI, A1111, InvokeAI)...",
+                                  callback=lambda: self.request(lambda: self.ask_path("import", None)))
                 dpg.add_menu_item(label="Save  (Ctrl+S)", callback=self.save)
                 dpg.add_menu_item(label="Save as...", callback=lambda: self.ask_path("save", None))
                 self.recent_menu = dpg.add_menu(label="Recent")
@@ -350,6 +352,9 @@ class CanvasView:
                 dpg.add_button(label="Save", callback=self._prompt_save)
                 dpg.add_button(label="Discard", callback=self._prompt_discard)
                 dpg.add_button(label="Cancel", callback=self._prompt_cancel)
+        with dpg.window(label="Import report", show=False, modal=True, width=620) as self.import_window:
+            self.import_text = dpg.add_text("", wrap=600)
+            dpg.add_button(label="OK", callback=lambda: dpg.hide_item(self.import_window))
         with dpg.window(label="Restore unsaved changes?", show=False, modal=True, no_resize=True,
                         width=560) as self.restore_prompt:
             self.restore_text = dpg.add_text("", wrap=540)
@@ -1701,6 +1706,7 @@ class CanvasView:
         self.dialog_purpose = (purpose, data)
         self._build_file_dialog()
         labels = {"open": "Open a session (.json) or an image made by invoke-nodes (.png)",
+                  "import": "Import a ComfyUI / AUTOMATIC1111 / InvokeAI workflow (.json, .txt) or image (.png)",
                   "save": "Save the session as...", "image": "Save the image as...", "pick": "Choose a file"}
         dpg.configure_item(self.file_dialog, label=labels[purpose],
                            default_filename="graph" if purpose == "save" else "image" if purpose == "image" else "")
@@ -1713,6 +1719,10 @@ class CanvasView:
             return
         if purpose == "open":
             self.c.open(path)
+        elif purpose == "import":
+            if self.c.import_file(path) and self.c.import_report is not None:
+                dpg.set_value(self.import_text, self.c.import_report.summary())
+                dpg.show_item(self.import_window)
         elif purpose == "save":
             if not path.lower().endswith(".json"):
                 path = str(Path(path).with_suffix(".json"))

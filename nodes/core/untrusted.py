@@ -94,6 +94,26 @@ def open_image_info(path: str | os.PathLike[str], key: str) -> str | None:
     return text if isinstance(text, str) else None
 
 
+def open_image_texts(source: str | os.PathLike[str] | bytes) -> dict[str, str]:
+    """Every text chunk of an image file (or bytes); the same refusals as open_image.  PNG text
+    may follow the pixels, so they are decoded (after the size check): a truncated file is refused."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else regular_file(source)) as handle:
+            check_size(handle, MAX_IMAGE_PIXELS)
+            if hasattr(handle, "text"):  # PNG: reads every chunk up to the end, text after the pixels too
+                texts = dict(handle.text)
+            else:
+                texts = {}
+            texts.update((k, v) for k, v in handle.info.items() if isinstance(v, str) and k not in texts)
+    except (UntrustedInputError, FileNotFoundError):
+        raise
+    except Image.DecompressionBombError:
+        raise UntrustedInputError(f"the image is larger than {MAX_IMAGE_PIXELS} pixels (a decompression bomb?)") from None
+    except Exception as exc:
+        raise UntrustedInputError(_unreadable(exc)) from None
+    return {k: v for k, v in texts.items() if isinstance(v, str)}
+
+
 def _unreadable(exc: Exception) -> str:
     if isinstance(exc, ValueError) and "too large" in str(exc).lower():  # Pillow's text-chunk limit
         return f"its embedded text is too large ({exc})"

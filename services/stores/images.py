@@ -1,7 +1,8 @@
 """The image store: PNG files on disk, recent images in memory.
 
 Every saved PNG carries the producing session's graph and node id in an iTXt chunk, so a graph
-can be loaded back from any image the app made (`read_embedded`).
+can be loaded back from any image the app made (`read_embedded`), and AUTOMATIC1111's `parameters`
+text (prompt, sampler, seed, size, model) that other tools and image sites read.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from services.fsutil import atomic_copy, atomic_write_bytes, remove
 from services.lru import LRU
 
 PNG_METADATA_KEY = "invoke-nodes"
+A1111_PARAMETERS_KEY = "parameters"
 
 
 class ImageNotFoundError(KeyError):
@@ -81,6 +83,12 @@ def encode_png(image: Image.Image, metadata: dict[str, Any] | None = None) -> by
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt(PNG_METADATA_KEY, json.dumps(metadata), zip=True)
+        if isinstance(metadata.get("graph"), dict):  # A1111's text, for other tools and image sites
+            from services.importers.a1111 import parameters_from_graph
+
+            parameters = parameters_from_graph(metadata["graph"], metadata.get("node_id"))
+            if parameters:
+                info.add_itxt(A1111_PARAMETERS_KEY, parameters)
     buffer = io.BytesIO()
     if image.mode not in ("RGB", "RGBA", "L", "LA", "I", "I;16", "P", "1"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
