@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, few steps (checks the script)")
     parser.add_argument("--defaults", action="store_true", help="only: default settings vs plain diffusers")
+    parser.add_argument("--quick", action="store_true", help="with --defaults: only the images from launch to compiled")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="GIL switch interval while a compile runs (nodes/core/compiled.py's default otherwise)")
     parser.add_argument("--large", action="store_true", help="only: 1024x1024 and batch 4")
     parser.add_argument("--sdxl", action="store_true", help="only: SDXL first and warm calls")
     parser.add_argument("--cpu", action="store_true", help="only: SD 1.5 size on the CPU")
@@ -153,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU: run with --smoke for a CPU check", file=sys.stderr)
         return 2
+    if args.switch_interval is not None:
+        import nodes.core.compiled as compiled
+
+        compiled.BUILD_SWITCH_INTERVAL_S = args.switch_interval
     # None: the settings' default ("auto": compiled in the background on a GPU); on the CPU ask for it by name
     mode = "default" if args.smoke else None
     steps, size, large = (3, 64, 128) if args.smoke else (30, 512, 1024)
@@ -165,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
          kernel_cache_from_earlier_run=(data_dir / "cache" / "torchinductor").is_dir())
     everything = not (args.defaults or args.large or args.sdxl or args.worker)
 
+    if args.sdxl and not args.smoke:
+        sdxl_cases(root)
+        return 0
     started = time.perf_counter()
     if args.smoke:
         from services.models.demo import write_tiny_sd1_diffusers
@@ -177,16 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         worker_cases(root, models, device, data_dir, model, size, steps)
         return 0
     if everything or args.defaults:
-        default_cases(root, models, device, data_dir, model, size, steps, mode)
+        default_cases(root, models, device, data_dir, model, size, steps, mode, args.quick)
     if everything or args.large:
         large_cases(NodeRunner(root, models, device, data_dir), model, large, size, steps, mode)
-    if (everything or args.sdxl) and not args.smoke:
+    if everything and not args.smoke:
         sdxl_cases(root)
     return 0
 
 
 def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: str, size: int, steps: int,
-                  mode: str | None) -> None:
+                  mode: str | None, quick: bool = False) -> None:
     """No settings: image after image from launch until they run compiled; a new process with the
     kernels of this one; a new size; plain diffusers eager and compiled on the same weights."""
     import subprocess
@@ -194,7 +204,10 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
     runner = NodeRunner(root, models, device, data_dir)
     launched = time.perf_counter()
     images, compiled = [], None
-    while time.perf_counter() - launched < 600:
+    while time.perf_counter() - launched < 300:
+        if any(getattr(d, "failed", False) for d in runner.denoisers(model).values()):
+            emit("default_compile_failed", after_s=round(time.perf_counter() - launched, 1))
+            break
         ran_compiled = runner.compiled_ready(model)
         image, stamps, wall = runner.run(model, size, steps, 1, mode)
         images.append(image)
@@ -210,6 +223,8 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
          psnr_vs_eager_db=psnr(warm[0][0], images[0]), repeat_identical=bool(np.array_equal(warm[0][0], warm[1][0])))
     eager, stamps, _ = runner.run(model, size, steps, 1, "off")
     emit("node_eager", size=size, it_per_s=rate(stamps), identical_to_first_default_image=bool(np.array_equal(eager, images[0])))
+    if quick:
+        return
 
     started = time.perf_counter()  # a new process, with the kernels this one left in the cache folder
     out = subprocess.run([sys.executable, __file__, "--probe", str(models), str(data_dir), str(size), str(steps),
@@ -353,15 +368,15 @@ def large_cases(runner: NodeRunner, model: str, large: int, size: int, steps: in
 
 
 def sdxl_cases(root: Path) -> None:
-    """SDXL 1024, 20 steps, each first call in a new process (prompt in -> PNG on disk): the node at default
-    settings and with cuDNN's autotuning off, and plain diffusers."""
+    """SDXL 1024, 20 steps, each first call in a new process (prompt in -> PNG on disk): the node
+    uncompiled, with and without cuDNN's autotuning, and plain diffusers."""
     import subprocess
 
     from diffusion_graph import build
 
     models = root / "sdxl-models"
     build(models, root / "configs", "sdxl")
-    for who in ("node", "node_no_cudnn_benchmark", "node_eager", "diffusers"):
+    for who in ("node_eager", "node_eager_no_cudnn_benchmark", "diffusers"):
         out = subprocess.run([sys.executable, __file__, "--first-call", str(models), who, "20"], capture_output=True, text=True)
         for line in out.stdout.splitlines():
             if line.startswith("{"):
@@ -375,14 +390,14 @@ def sdxl_first_call(models: Path, who: str, steps: int) -> int:
     size = 1024
     timings = []
     if who.startswith("node"):
-        if who == "node_no_cudnn_benchmark":
+        if who.endswith("no_cudnn_benchmark"):
             import nodes.core.diffusion as diffusion
 
             diffusion.CUDNN_BENCHMARK = False
         root = Path(tempfile.mkdtemp(prefix="bench-sdxl-"))
         runner = NodeRunner(root, models, "cuda", root / "data")
         runner.services.models.load("sdxl-random")  # loading is not the call
-        mode = "off" if who == "node_eager" else None
+        mode = "off" if who.startswith("node_eager") else None
         for _ in range(3):
             _, stamps, wall = runner.run("sdxl-random", size, steps, 1, mode)
             timings.append((wall, rate(stamps)))
