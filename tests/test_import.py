@@ -34,6 +34,12 @@ def models_dir(tmp_path_factory):
     sd1 = demo.tiny_sd1_modules()
     demo.write_tiny_lora(models / "loras" / "add_detail.safetensors", {"unet": sd1["unet"], "text_encoder": sd1["text_encoder"]})
     demo.write_tiny_sd1_single_file(models / "checkpoints" / "dreamshaper_8.safetensors", seed=3)
+    # control models under the names the samples use, for v1-5-pruned-emaonly's UNet
+    unet = demo.tiny_unet()
+    demo.write_tiny_controlnet(models / "controlnet" / "control_v11p_sd15_canny.safetensors", demo.tiny_controlnet(unet), "ldm")
+    demo.write_tiny_t2i_adapter(models / "t2i" / "t2iadapter_canny_sd15v2.safetensors", demo.tiny_t2i_adapter(), "original")
+    demo.write_tiny_clip_vision(models / "ip" / "image_encoder")
+    demo.write_tiny_ip_adapter(models / "ip" / "ip-adapter_sd15.safetensors", unet)
     return models
 
 
@@ -75,8 +81,10 @@ RUNNABLE = {
     "comfy_api_sdxl_refiner.json": ("comfyui-api", {"sdxl_prompt": 4, "denoise_latents": 2, "main_model_loader": 2}, set()),
     "comfy_prompt_only_sdxl.png": ("comfyui-api", {"sdxl_prompt": 4}, set()),
     "comfy_workflow_and_prompt.png": ("comfyui-workflow", {"lora_loader": 1, "denoise_latents": 2}, set()),
-    "comfy_ui_controlnet.json": ("comfyui-workflow", {"denoise_latents": 1},
-                                 {"ControlNetLoader", "ControlNetApplyAdvanced", "Canny"}),
+    "comfy_ui_controlnet.json": ("comfyui-workflow", {"canny": 1, "controlnet_loader": 1, "controlnet_apply": 1}, set()),
+    "comfy_api_t2i_adapter.json": ("comfyui-api", {"canny": 1, "t2i_adapter_loader": 1, "t2i_adapter_apply": 1}, set()),
+    "comfy_api_regions.json": ("comfyui-api", {"conditioning_set_area": 1, "conditioning_set_mask": 1,
+                                               "conditioning_regions": 2, "prompt": 4}, set()),
     "comfy_ui_custom_nodes.json": ("comfyui-workflow", {"denoise_latents": 1, "show_image": 1},
                                    {"ADE_AnimateDiffLoaderWithContext", "CR Seed", "Image Save", "SaveImage"}),
     "a1111_txt2img_lora.png": ("a1111", {"lora_loader": 1, "clip_skip": 1, "prompt": 2}, set()),
@@ -84,15 +92,19 @@ RUNNABLE = {
     "a1111_img2img.png": ("a1111", {"load_image": 1, "vae_encode": 1}, set()),
     "a1111_inpaint.png": ("a1111", {"set_latent_noise_mask": 1, "mask_blur": 1}, set()),
     "a1111_sdxl_refiner.png": ("a1111", {"sdxl_prompt": 4, "denoise_latents": 2}, set()),
-    "a1111_controlnet.png": ("a1111", {"denoise_latents": 1}, {"ControlNet unit"}),
+    "a1111_controlnet.png": ("a1111", {"load_image": 1, "canny": 1, "controlnet_apply": 1}, set()),
+    "a1111_controlnet_units.png": ("a1111", {"load_image": 1, "canny": 1, "color_palette": 1, "controlnet_apply": 1,
+                                             "t2i_adapter_apply": 1}, set()),
     "forge_custom_extensions.txt": ("a1111", {"lora_loader": 1}, {"setting", "hypernetwork"}),
     "invokeai_workflow_txt2img_lora.json": ("invokeai-workflow", {"lora_loader": 1, "noise": 1, "empty_latent": 1, "note": 1},
                                             {"core_metadata"}),
     "invokeai_workflow_txt2img.png": ("invokeai-workflow", {"lora_loader": 1}, {"core_metadata"}),
     "invokeai_workflow_sdxl_refiner_hires.json": ("invokeai-workflow", {"denoise_latents": 3, "latent_upscale": 1}, set()),
     "invokeai_graph_img2img.png": ("invokeai-graph", {"load_image": 1, "resize": 1, "vae_encode": 1}, {"core_metadata"}),
-    "invokeai_graph_inpaint_controlnet.json": ("invokeai-graph", {"vae_encode": 1, "load_image": 2},
-                                               {"canny_image_processor", "controlnet", "face_identifier"}),
+    "invokeai_graph_inpaint_controlnet.json": ("invokeai-graph", {"vae_encode": 1, "load_image": 2, "canny": 1,
+                                                                  "controlnet_apply": 1}, {"face_identifier"}),
+    "invokeai_graph_controls.json": ("invokeai-graph", {"load_image": 2, "canny": 1, "controlnet_loader": 2,
+                                                        "controlnet_apply": 2, "t2i_adapter_apply": 1, "ip_adapter": 1}, set()),
 }
 
 
@@ -105,7 +117,7 @@ def test_each_sample_imports_validates_and_runs_on_the_tiny_models(invoker, name
     for node_type, count in expected.items():
         assert types.count(node_type) == count, (node_type, types)
     assert {u["type"] for u in report.unmapped} == unmapped, report.unmapped
-    assert not report.missing_models or {m["kind"] for m in report.missing_models} == {"controlnet"}
+    assert not report.missing_models, report.missing_models
     run(invoker, session)
     image = output_image(invoker, session)
     assert image.shape[:2] in ((64, 64), (96, 96)) and np.isfinite(image).all() and image.std() > 0
@@ -144,6 +156,105 @@ def test_the_same_settings_from_comfyui_and_a1111_draw_the_same_pixels(invoker):
     a = output_image(invoker, run(invoker, session))
     b = output_image(invoker, run(invoker, other))
     assert np.array_equal(a, b)
+
+
+def _links(session) -> set[tuple[str, str, str, str]]:
+    return {(l.from_node, l.from_field, l.to_node, l.to_field) for l in session.graph.links}
+
+
+def test_an_imported_controlnet_draws_the_pixels_of_the_same_graph_built_by_hand(invoker):
+    from tests.test_diffusion_nodes import run_graph
+
+    session, _ = import_sample(invoker, "comfy_ui_controlnet.json")
+    imported = output_image(invoker, run(invoker, session))
+    nodes = {"model": {"type": "main_model_loader", "model": "v1-5-pruned-emaonly"},
+             "pos": {"type": "prompt", "prompt": "a robot in a field of flowers"}, "neg": {"type": "prompt", "prompt": "lowres"},
+             "photo": {"type": "load_image", "path": str(SAMPLES / "input.png")},
+             "edges": {"type": "canny", "low_threshold": 102, "high_threshold": 204},  # ComfyUI's 0.4 / 0.8 of 255
+             "cn": {"type": "controlnet_loader", "model": "controlnet-control-v11p-sd15-canny"},
+             "apply": {"type": "controlnet_apply", "strength": 0.9, "start_percent": 0.0, "end_percent": 0.8},
+             "empty": {"type": "empty_latent", "width": 64, "height": 64},
+             "denoise": {"type": "denoise_latents", "steps": 3, "cfg_scale": 7.0, "seed": 5, "sampler": "dpmpp_2m",
+                         "schedule": "karras"},
+             "decode": {"type": "vae_decode"}}
+    links = [("model", "clip", "pos", "clip"), ("model", "clip", "neg", "clip"), ("photo", "image", "edges", "image"),
+             ("edges", "image", "apply", "image"), ("cn", "control_model", "apply", "control_model"),
+             ("pos", "conditioning", "apply", "positive"), ("neg", "conditioning", "apply", "negative"),
+             ("apply", "positive", "denoise", "positive"), ("apply", "negative", "denoise", "negative"),
+             ("model", "unet", "denoise", "unet"), ("empty", "latents", "denoise", "latents"),
+             ("denoise", "latents", "decode", "latents"), ("model", "vae", "decode", "vae")]
+    assert np.array_equal(imported, output_image(invoker, run_graph(invoker, nodes, links)))
+    nodes["apply"]["strength"] = 0.0  # the control does steer
+    assert not np.array_equal(imported, output_image(invoker, run_graph(invoker, nodes, links)))
+
+
+def test_comfyui_control_loaders_follow_the_model_kind_and_regions_map_onto_ours(invoker):
+    session, report = import_sample(invoker, "comfy_api_t2i_adapter.json")
+    nodes, links = session.graph.nodes, _links(session)
+    assert nodes["6"].type == "t2i_adapter_loader" and nodes["6"].values == {"model": "t2i-t2iadapter-canny-sd15v2"}
+    assert nodes["7"].type == "t2i_adapter_apply" and nodes["7"].values["strength"] == 0.7
+    assert nodes["5"].values == {"low_threshold": 76, "high_threshold": 178}
+    # ControlNetApply steers one conditioning: the positive; the negative goes to the sampler unsteered
+    assert {("2", "conditioning", "7", "positive"), ("7", "positive", "9", "positive"),
+            ("3", "conditioning", "9", "negative")} <= links
+    assert {"kind": "t2i_adapter", "reference": "t2iadapter_canny_sd15v2.safetensors",
+            "model_id": "t2i-t2iadapter-canny-sd15v2"} in report.models
+
+    session, report = import_sample(invoker, "comfy_api_regions.json")
+    nodes, links = session.graph.nodes, _links(session)
+    assert nodes["4"].values == {"x": 32, "y": 32, "width": 64, "height": 64, "strength": 1.2}  # pixels in both
+    assert nodes["7"].values == {"strength": 0.8} and nodes["8"].type == nodes["9"].type == "conditioning_regions"
+    assert {("2", "conditioning", "9", "first"), ("8", "conditioning", "9", "second"), ("6", "image", "7", "mask")} <= links
+    assert any("'mask bounds' is not carried over" in note for note in report.notes)
+
+
+def test_a1111_controlnet_units_map_module_model_kind_and_weights(invoker):
+    session, report = import_sample(invoker, "a1111_controlnet_units.png")
+    nodes, links = session.graph.nodes, _links(session)
+    assert nodes["canny"].values == {"low_threshold": 60, "high_threshold": 180}  # Threshold A / B
+    assert nodes["controlnet_apply"].values == {"strength": 0.6, "start_percent": 0.1, "end_percent": 0.7}
+    assert nodes["t2i_adapter_apply"].values == {"strength": 0.5, "start_percent": 0.0, "end_percent": 1.0}
+    assert nodes["control_image"].values["path"].endswith("a1111_controlnet_units.png")  # the stand-in
+    assert {("control_image", "image", "t2ia_color_grid", "image"), ("t2ia_color_grid", "image", "t2i_adapter_apply", "image"),
+            ("controlnet_apply", "positive", "t2i_adapter_apply", "positive"),
+            ("t2i_adapter_apply", "negative", "denoise", "negative")} <= links
+    assert "ControlNet 0" in report.imported and "ControlNet 1" in report.imported
+    assert any("load_image opens the imported image in their place" in note for note in report.notes)
+    assert any("Control Mode 'My prompt is more important'" in note for note in report.notes)
+    # the units steer: the same text without them draws other pixels
+    with Image.open(SAMPLES / "a1111_controlnet_units.png") as image:
+        plain = image.text["parameters"].split(", ControlNet 0")[0]
+    controlled = output_image(invoker, run(invoker, session))
+    other, _ = invoker.import_graph(plain.encode(), "plain.txt")
+    assert not np.array_equal(controlled, output_image(invoker, run(invoker, other)))
+
+    text = ("a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Model: v1-5-pruned-emaonly, "
+            'ControlNet 0: "Module: depth_midas, Model: control_v11f1p_sd15_depth [cfd03158], Weight: 1, Guidance Start: 0, '
+            'Guidance End: 1", ControlNet 1: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15 [6a3f6166], Weight: 1"')
+    session, report = invoker.import_graph(text.encode(), "depth.txt")
+    assert report.unmapped == [{"id": "ControlNet 1", "type": "ControlNet unit", "reason": "module 'ip-adapter_clip_sd15', "
+                                "model 'ip-adapter_sd15': IP-Adapter units are not imported: add an ip_adapter node"}]
+    assert session.graph.nodes["controlnet"].values == {"model": "control-v11f1p-sd15-depth"}
+    assert report.missing_models == [{"kind": "controlnet", "reference": "control_v11f1p_sd15_depth", "model_id": None}]
+    assert any("module 'depth_midas' has no preprocessor here" in note for note in report.notes)
+
+
+def test_invokeai_guidance_goes_in_front_of_denoise_latents(invoker):
+    session, report = import_sample(invoker, "invokeai_graph_controls.json")
+    nodes, links = session.graph.nodes, _links(session)
+    # the collect of two ControlNets, then the T2I-Adapter, chained on the conditioning; the IP-Adapter on the UNet
+    assert {("pos", "conditioning", "cn_edges", "positive"), ("cn_edges", "positive", "cn_photo", "positive"),
+            ("cn_photo", "negative", "sketch", "negative"), ("sketch", "positive", "denoise", "positive"),
+            ("model", "unet", "style", "unet"), ("style", "unet", "denoise", "unet"), ("edges", "image", "cn_edges", "image"),
+            ("cn_photo-image", "image", "cn_photo", "image"), ("photo", "image", "style", "image")} <= links
+    assert nodes["cn_edges"].values == {"strength": 0.75, "start_percent": 0.0, "end_percent": 0.8}
+    assert nodes["cn_photo"].values["strength"] == 0.5  # the first of its weights per step
+    assert nodes["sketch"].values == {"strength": 0.6, "start_percent": 0.0, "end_percent": 0.5}
+    assert nodes["style"].values == {"weight": 0.5, "start_percent": 0.0, "end_percent": 1.0,
+                                     "ip_adapter_model": "ip-ip-adapter-sd15", "clip_vision_model": "ip-image-encoder"}
+    assert nodes["edges"].values == {"low_threshold": 50, "high_threshold": 150}
+    assert report.summary().startswith("14 of 14 nodes imported") and not report.missing_models
+    assert any("control_mode 'more_control' is not carried over" in note for note in report.notes)
 
 
 def test_a_model_is_matched_by_its_a1111_hash_computed_once(invoker, models_dir, monkeypatch):

@@ -9,13 +9,15 @@ txt2img / img2img / hires-fix / refiner graph; and the other way, our graph as s
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-from nodes.base import REGISTRY, SEED_MAX
+from nodes.base import SEED_MAX
 
-from .report import GraphBuilder, ImportReport, ImportResult, ModelCatalog, model_key, model_value, sampler_values
+from .report import (CONTROLS, GraphBuilder, ImportReport, ImportResult, ModelCatalog, control_kind, model_key, model_value,
+                     sampler_values)
 
 # infotext_utils.re_param_code: `Key: value` or `Key: "quoted, value"`, comma separated
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -269,40 +271,76 @@ def _hires(b: GraphBuilder, report: ImportReport, catalog: ModelCatalog, params:
 
 
 _UNIT = re.compile(r"^ControlNet(?: |-)?(\d*)$")
+_RESOLUTION = {"resolution": ("Processor Res", 512)}
+# sd-webui-controlnet module -> (our preprocessor, its fixed values, our field -> (unit key, default))
+MODULES: dict[str, tuple[str, dict[str, Any], dict[str, tuple[str, float]]]] = {
+    "canny": ("canny", {}, {"low_threshold": ("Threshold A", 100), "high_threshold": ("Threshold B", 200)}),
+    "threshold": ("threshold", {}, {"level": ("Threshold A", 127)}),
+    "scribble_xdog": ("scribble", {}, {"level": ("Threshold A", 32)}),
+    "blur_gaussian": ("blur", {}, {"sigma": ("Threshold A", 9.0)}),
+    "tile_resample": ("tile_resample", {}, {}),  # its down sampling rate is converted below
+    "t2ia_color_grid": ("color_palette", {}, {}), "color": ("color_palette", {}, {}),
+    "shuffle": ("content_shuffle", {}, {}),
+    "softedge_hed": ("hed", {}, _RESOLUTION), "hed": ("hed", {}, _RESOLUTION),
+    "lineart_realistic": ("lineart", {}, _RESOLUTION), "lineart": ("lineart", {}, _RESOLUTION),
+    "lineart_coarse": ("lineart", {"coarse": True}, _RESOLUTION),
+}
 
 
 def _controlnets(b: GraphBuilder, report: ImportReport, catalog: ModelCatalog, params: dict[str, str],
                  image_path: Path | None, positive: tuple[str, str], negative: tuple[str, str]) -> tuple[tuple[str, str], tuple[str, str]]:
-    """ControlNet units ("ControlNet 0": "Module: canny, Model: control_... [hash], Weight: 1, Guidance Start: 0, ...")."""
-    source = "parameters (a1111)"
+    """ControlNet units ("ControlNet 0": "Module: canny, Model: control_... [hash], Weight: 1, Guidance Start: 0, ...")
+    -> preprocessor (when the module has one here) -> controlnet_apply / t2i_adapter_apply, stacked."""
+    source, image = "parameters (a1111)", None
     for key, value in params.items():
         if not _UNIT.match(key):
             continue
         unit = {k.strip(): v.strip() for k, v in _PARAM.findall(value)}
         name, hashes = _name_and_hash(unit.get("Model", ""))
-        model = catalog.match(report, "controlnet", name, hashes)
-        missing = [t for t in ("controlnet_loader", "controlnet_apply") if t not in REGISTRY]
-        if missing:
-            report.unmapped_node(key, "ControlNet unit", f"{unit.get('Module', '?')} / {name}: needs the "
-                                 f"{', '.join(missing)} node(s), which are not installed")
+        module = unit.get("Module", "none")
+        if name.lower() in ("", "none") or module.lower().startswith(("ip-adapter", "reference")):
+            hint = ("IP-Adapter units are not imported: add an ip_adapter node" if "ip-adapter" in module.lower()
+                    else "no equivalent here")
+            report.unmapped_node(key, "ControlNet unit", f"module '{module}', model '{name}': {hint}")
             continue
-        image = b.add("load_image", {"path": str(image_path) if image_path else ""}, "control_image", source)
-        report.notes.append(f"{key}: the control image is not in the parameters: load_image opens the imported image")
-        if "canny" in unit.get("Module", "").lower() and "canny" in REGISTRY:
-            canny = b.add("canny", {}, "canny", source)
-            b.link(image, "image", canny, "image")
-            image = canny
-        loader = b.add("controlnet_loader", {"model": model_value(model, name)}, "controlnet", source)
-        apply = b.add("controlnet_apply", {"strength": _float(unit.get("Weight"), 1.0),
-                                           "start_percent": _float(unit.get("Guidance Start"), 0.0),
-                                           "end_percent": _float(unit.get("Guidance End"), 1.0)}, "controlnet_apply", source)
-        b.link(loader, "control_model", apply, "control_model")
-        b.link(image, "image", apply, "image")
+        kind = control_kind(catalog, name, hashes)
+        loader_type, pin, apply_type = CONTROLS[kind]
+        model = catalog.match(report, kind, name, hashes)
+        if image is None:  # one stand-in for every unit
+            image = b.add("load_image", {"path": str(image_path) if image_path else ""}, "control_image", source)
+            report.notes.append("ControlNet: the control images are not in the parameters: load_image opens the "
+                                "imported image in their place; pick each unit's image there")
+        control = _preprocess(b, report, key, unit, image)
+        loader = b.add(loader_type, {"model": model_value(model, name)}, kind, source)
+        apply = b.add(apply_type, {"strength": _float(unit.get("Weight"), 1.0),
+                                   "start_percent": _float(unit.get("Guidance Start"), 0.0),
+                                   "end_percent": _float(unit.get("Guidance End"), 1.0)}, f"{kind}_apply", source)
+        b.link(loader, pin, apply, pin)
+        b.link(control, "image", apply, "image")
         b.link(*positive, apply, "positive")
         b.link(*negative, apply, "negative")
         positive, negative = (apply, "positive"), (apply, "negative")
+        for setting, usual in (("Resize Mode", "Just Resize"), ("Control Mode", "Balanced")):
+            if unit.get(setting, usual) != usual:
+                report.notes.append(f"{key}: {setting} '{unit[setting]}' is not carried over ({usual} is used)")
         report.imported.append(key)
     return positive, negative
+
+
+def _preprocess(b: GraphBuilder, report: ImportReport, key: str, unit: dict[str, str], image: str) -> str:
+    """The unit's preprocessor on the control image, or the image as it is (module none / not here)."""
+    module = unit.get("Module", "none").lower()
+    if module not in MODULES:
+        if module != "none":
+            report.notes.append(f"{key}: module '{module}' has no preprocessor here: the image goes in as it is")
+        return image
+    node_type, values, fields = MODULES[module]
+    values = {**values, **{ours: type(default)(_float(unit.get(theirs), default)) for ours, (theirs, default) in fields.items()}}
+    if module == "tile_resample":  # A1111 divides the size by its rate; ours halves it `levels` times
+        values["levels"] = min(6, max(0, round(math.log2(max(1.0, _float(unit.get("Threshold A"), 1.0))))))
+    node = b.add(node_type, values, module, "parameters (a1111)")
+    b.link(image, "image", node, "image")
+    return node
 
 
 def _float(value: str | None, default: float) -> float:

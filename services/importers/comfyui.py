@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from nodes.base import REGISTRY, SEED_MAX
+from nodes.base import SEED_MAX
 
-from .report import (GraphBuilder, ImportFormatError, ImportReport, ImportResult, ModelCatalog, model_key,
-                     model_value, sampler_values)
+from .report import (CONTROLS, GraphBuilder, ImportReport, ImportResult, ModelCatalog, control_kind,
+                     model_key, model_value, sampler_values)
 
 SEED = "control_after_generate"
 # class_type -> its widget names in widgets_values order (UI format).
@@ -45,7 +45,7 @@ WIDGETS: dict[str, list[str]] = {
     "ConditioningAverage": ["conditioning_to_strength"],
     "ConditioningSetMask": ["strength", "set_cond_area"],
     "ConditioningSetArea": ["width", "height", "x", "y", "strength"],
-    "ControlNetLoader": ["control_net_name"],
+    "ControlNetLoader": ["control_net_name"], "DiffControlNetLoader": ["control_net_name"],
     "ControlNetApply": ["strength"],
     "ControlNetApplyAdvanced": ["strength", "start_percent", "end_percent"],
     "Canny": ["low_threshold", "high_threshold"],
@@ -429,13 +429,12 @@ def _upscale(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
     return {0: (our, "image")}
 
 
-def _combine(c: _Converter, node_id: str, node: dict[str, Any], names: tuple[str, str]) -> Out:
-    our = c.add(node_id, node, "conditioning_combine", {})
+def _combine(c: _Converter, node_id: str, node: dict[str, Any], names: tuple[str, str], node_type: str) -> Out:
+    """ConditioningCombine evaluates both and averages them (our conditioning_regions);
+    ConditioningConcat joins the prompts (our conditioning_combine)."""
+    our = c.add(node_id, node, node_type, {})
     c.wire(node, names[0], our, "first")
     c.wire(node, names[1], our, "second")
-    if node["class_type"] == "ConditioningCombine":
-        c.report.notes.append(f"{node_id} (ConditioningCombine): combined as one concatenated prompt "
-                              "(ComfyUI averages two predictions)")
     return {0: (our, "conditioning")}
 
 
@@ -447,66 +446,64 @@ def _average(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
     return {0: (our, "conditioning")}
 
 
-def _missing(c: _Converter, node_id: str, node: dict[str, Any], node_type: str, through: dict[int, str]) -> Out | None:
-    """A mapping onto a node this install lacks: reported, its conditioning passed through unchanged."""
-    if node_type in REGISTRY:
-        return None
-    c.report.imported.remove(f"{node_id} ({node['class_type']})")
-    c.report.unmapped_node(node_id, node["class_type"], f"needs the '{node_type}' node, which is not installed: "
-                                                        "its conditioning passes through unchanged")
-    return {slot: c._resolve(node["inputs"][name]) for slot, name in through.items() if _is_link(node["inputs"].get(name))}
-
-
-def _controlnet_loader(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
+def _control_loader(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
     name = str(c.value(node, "control_net_name", ""))
-    model = c.catalog.match(c.report, "controlnet", name)
-    if "controlnet_loader" not in REGISTRY:
-        c.report.imported.remove(f"{node_id} (ControlNetLoader)")
-        c.report.unmapped_node(node_id, "ControlNetLoader", "needs the 'controlnet_loader' node, which is not installed")
-        return {}
-    our = c.add(node_id, node, "controlnet_loader", {"model": model_value(model, name)})
-    return {0: (our, "control_model")}
+    kind = control_kind(c.catalog, name)  # T2I-Adapters load through ControlNetLoader too
+    loader, pin, _ = CONTROLS[kind]
+    if node["class_type"] == "DiffControlNetLoader":
+        c.report.notes.append(f"{node_id} (DiffControlNetLoader): loaded as a full {kind} (its model input is not used)")
+    our = c.add(node_id, node, loader, {"model": model_value(c.catalog.match(c.report, kind, name), name)})
+    return {0: (our, pin)}
 
 
-def _controlnet_apply(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
-    advanced = node["class_type"] == "ControlNetApplyAdvanced"
-    through = {0: "positive", 1: "negative"} if advanced else {0: "conditioning"}
-    if (passed := _missing(c, node_id, node, "controlnet_apply", through)) is not None:
-        return passed
-    our = c.add(node_id, node, "controlnet_apply", {"strength": float(c.value(node, "strength", 1.0)),
-                                                    "start_percent": float(c.value(node, "start_percent", 0.0)),
-                                                    "end_percent": float(c.value(node, "end_percent", 1.0))})
-    for theirs, ours in (("control_net", "control_model"), ("image", "image"),
-                         *((("positive", "positive"), ("negative", "negative")) if advanced else (("conditioning", "positive"),))):
-        c.wire(node, theirs, our, ours)
+def _control_apply(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
+    """ControlNetApply steers one conditioning (in ComfyUI: the positive): it goes in as both rows and
+    only the positive comes out, so the other row stays unsteered, as there."""
+    raw = node["inputs"].get("control_net")
+    source = c._resolve(raw) if _is_link(raw) else None
+    kind = "t2i_adapter" if isinstance(source, tuple) and source[1] == "t2i_adapter" else "controlnet"
+    _, pin, apply = CONTROLS[kind]
+    our = c.add(node_id, node, apply, {"strength": float(c.value(node, "strength", 1.0)),
+                                       "start_percent": float(c.value(node, "start_percent", 0.0)),
+                                       "end_percent": float(c.value(node, "end_percent", 1.0))})
+    c.wire(node, "control_net", our, pin)
+    c.wire(node, "image", our, "image")
+    if node["class_type"] == "ControlNetApply":
+        c.wire(node, "conditioning", our, "positive")
+        c.wire(node, "conditioning", our, "negative")
+        return {0: (our, "positive")}
+    c.wire(node, "positive", our, "positive")
+    c.wire(node, "negative", our, "negative")
     return {0: (our, "positive"), 1: (our, "negative")}
 
 
 def _set_mask(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
-    if (passed := _missing(c, node_id, node, "conditioning_set_mask", {0: "conditioning"})) is not None:
-        return passed
     our = c.add(node_id, node, "conditioning_set_mask", {"strength": float(c.value(node, "strength", 1.0))})
     c.wire(node, "conditioning", our, "conditioning")
     c.wire(node, "mask", our, "mask")
+    if c.value(node, "set_cond_area", "default") != "default":
+        c.report.notes.append(f"{node_id} (ConditioningSetMask): 'mask bounds' is not carried over: the prompt is drawn "
+                              "at the whole image's size, weighted by the mask")
     return {0: (our, "conditioning")}
 
 
 def _set_area(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
-    if (passed := _missing(c, node_id, node, "conditioning_set_area", {0: "conditioning"})) is not None:
-        return passed
-    values = {k: c.value(node, k) for k in ("width", "height", "x", "y", "strength")}
-    our = c.add(node_id, node, "conditioning_set_area", values)
+    # pixels in both; ComfyUI keeps whole 8-pixel latent cells (it divides by 8), and so do we
+    values = {k: int(c.value(node, k, 0)) // 8 * 8 for k in ("x", "y")}
+    values.update({k: max(8, int(c.value(node, k, 64)) // 8 * 8) for k in ("width", "height")})
+    our = c.add(node_id, node, "conditioning_set_area", {**values, "strength": float(c.value(node, "strength", 1.0))})
     c.wire(node, "conditioning", our, "conditioning")
     return {0: (our, "conditioning")}
 
 
 def _canny(c: _Converter, node_id: str, node: dict[str, Any]) -> Out:
-    if "canny" not in REGISTRY:
-        c.report.imported.remove(f"{node_id} (Canny)")
-        c.report.unmapped_node(node_id, "Canny", "needs the 'canny' node, which is not installed: the image passes through")
-        return {0: c._resolve(node["inputs"]["image"])} if _is_link(node["inputs"].get("image")) else {}
-    our = c.add(node_id, node, "canny", {})
+    # ComfyUI's thresholds are on 0..1 pixels (kornia), ours on 0..255 ones (OpenCV)
+    low, high = (min(1020, max(0, round(float(c.value(node, k, d)) * 255)))
+                 for k, d in (("low_threshold", 0.4), ("high_threshold", 0.8)))
+    our = c.add(node_id, node, "canny", {"low_threshold": low, "high_threshold": high})
     c.wire(node, "image", our, "image")
+    c.report.notes.append(f"{node_id} (Canny): thresholds {low}/{high} of 255 (OpenCV's Canny; ComfyUI's blurs first "
+                          "and measures gradients differently, so the edges differ a little)")
     return {0: (our, "image")}
 
 
@@ -536,11 +533,11 @@ HANDLERS: dict[str, Callable[[_Converter, str, dict[str, Any]], Out | None]] = {
     "LoadImage": _load_image, "LoadImageMask": _load_mask, "SaveImage": _save, "PreviewImage": _preview,
     "ImageScale": lambda c, i, n: _image_scale(c, i, n, False), "ImageScaleBy": lambda c, i, n: _image_scale(c, i, n, True),
     "UpscaleModelLoader": _upscale_loader, "ImageUpscaleWithModel": _upscale,
-    "ConditioningCombine": lambda c, i, n: _combine(c, i, n, ("conditioning_1", "conditioning_2")),
-    "ConditioningConcat": lambda c, i, n: _combine(c, i, n, ("conditioning_to", "conditioning_from")),
+    "ConditioningCombine": lambda c, i, n: _combine(c, i, n, ("conditioning_1", "conditioning_2"), "conditioning_regions"),
+    "ConditioningConcat": lambda c, i, n: _combine(c, i, n, ("conditioning_to", "conditioning_from"), "conditioning_combine"),
     "ConditioningAverage": _average, "ConditioningSetMask": _set_mask, "ConditioningSetArea": _set_area,
-    "ControlNetLoader": _controlnet_loader, "ControlNetApply": _controlnet_apply,
-    "ControlNetApplyAdvanced": _controlnet_apply, "Canny": _canny,
+    "ControlNetLoader": _control_loader, "DiffControlNetLoader": _control_loader, "ControlNetApply": _control_apply,
+    "ControlNetApplyAdvanced": _control_apply, "Canny": _canny,
     "PrimitiveNode": _primitive, "Reroute": _reroute, "Note": _note, "MarkdownNote": _note,
 }
 

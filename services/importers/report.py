@@ -79,8 +79,11 @@ class ModelCatalog:
         self.models = list(models)  # ModelInfo (id, name, kind, base, path, variant)
         self._hashes = hashes
 
-    def find(self, kind: str, reference: str = "", hashes: Iterable[str] = ()) -> Any | None:
+    def find(self, kind: str, reference: str = "", hashes: Iterable[str] = (), sole: bool = False) -> Any | None:
+        """sole: when nothing matches, the only local model of that kind (if there is just one)."""
         candidates = [m for m in self.models if m.kind == kind]
+        if sole:
+            return self.find(kind, reference, hashes) or (candidates[0] if len(candidates) == 1 else None)
         key = model_key(reference) if reference else ""
         if key:
             for model in candidates:
@@ -103,13 +106,27 @@ class ModelCatalog:
                     return model
         return None
 
-    def match(self, report: ImportReport, kind: str, reference: str, hashes: Iterable[str] = ()) -> Any | None:
+    def match(self, report: ImportReport, kind: str, reference: str, hashes: Iterable[str] = (),
+              sole: bool = False) -> Any | None:
         """find() and record it in the report (found or missing)."""
-        model = self.find(kind, reference, hashes)
+        model = self.find(kind, reference, hashes, sole)
         shown = reference or next(iter(hashes), "?")
         if not any(m["reference"] == shown and m["kind"] == kind for m in report.models):
             report.models.append({"kind": kind, "reference": shown, "model_id": model.id if model else None})
         return model
+
+
+# control model kind -> (loader node, its output pin, apply node)
+CONTROLS = {"controlnet": ("controlnet_loader", "control_model", "controlnet_apply"),
+            "t2i_adapter": ("t2i_adapter_loader", "t2i_adapter", "t2i_adapter_apply")}
+
+
+def control_kind(catalog: ModelCatalog, reference: str, hashes: Iterable[str] = ()) -> str:
+    """"controlnet" or "t2i_adapter": ComfyUI and A1111 load both the same way, so the local file's
+    kind decides (a missing file: its name)."""
+    hashes = list(hashes)
+    found = next((k for k in ("controlnet", "t2i_adapter") if catalog.find(k, reference, hashes) is not None), None)
+    return found or ("t2i_adapter" if "t2i" in model_key(reference) else "controlnet")
 
 
 def model_value(model: Any | None, reference: str) -> str:
