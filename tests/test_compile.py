@@ -104,3 +104,39 @@ def test_previews_are_made_only_when_shown(tmp_path):
     assert len(shown) == len(made)  # a preview is made only for the steps that carry one
     assert shown[-1][0] == 200  # the last step's always
     assert len(made) <= 2 + elapsed / PREVIEW_INTERVAL_S < 200  # ~20 a second, not one per step
+
+
+def _eager_call_while_another_thread_traces() -> torch.Tensor:
+    inside, release = threading.Event(), threading.Event()
+
+    class Blocking(torch.nn.Module):
+        def forward(self, x):
+            inside.set()
+            release.wait(30)  # holds the trace (and torch.fx's patches) open
+            return x + 1
+
+    tracer = threading.Thread(target=lambda: torch.fx.symbolic_trace(Blocking()))
+    tracer.start()
+    assert inside.wait(30)
+    try:
+        with torch.inference_mode():
+            return Tiny()(torch.randn(2, 8))
+    finally:
+        release.set()
+        tracer.join()
+
+
+def test_a_model_runs_eagerly_while_a_compile_traces_on_another_thread(tmp_path):
+    BackgroundCompiled(Tiny(), "default", tmp_path, backend="aot_eager")  # installs the thread rule
+    assert _eager_call_while_another_thread_traces().shape == (2, 8)
+
+
+def test_without_the_thread_rule_the_same_call_fails():
+    """What the rule prevents (measured on an H200: an eager image failed beside a background compile)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path[:0] = ['.', 'tests']; import test_compile as t\n"
+            "try:\n    t._eager_call_while_another_thread_traces()\nexcept NameError as e:\n    print('NameError', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "NameError module is not installed as a submodule" in out.stdout, out.stderr[-2000:]

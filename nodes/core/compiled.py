@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -35,6 +36,30 @@ RECOMPILE_LIMIT = 64
 # (Python's default is 5 ms).  The eager loop gives the GIL up in every torch op and waits to get it
 # back: at 5 ms a step of ~1,000 ops took 1.7 s (0.59 it/s on an H200) beside a compile.
 BUILD_SWITCH_INTERVAL_S = 1e-5
+
+
+def _fx_patches_stay_in_their_thread() -> None:
+    """While torch.fx traces (compiling does), it swaps nn.Module.__call__ and __getattr__ for
+    tracing versions process-wide, so a model called eagerly on another thread meanwhile goes
+    through the tracer and fails ("module is not installed as a submodule").  Here the swapped-in
+    methods act only in the thread that traces; other threads get the methods they had."""
+    from torch.fx._symbolic_trace import _Patcher
+
+    if getattr(_Patcher.patch_method, "_invoke_nodes_thread_local", False):
+        return
+    patch_method = _Patcher.patch_method
+
+    def thread_local_patch_method(self: Any, cls: type, name: str, new_fn: Any, deduplicate: bool = True) -> None:
+        previous, owner = getattr(cls, name), threading.get_ident()
+
+        @functools.wraps(new_fn)
+        def in_owner_thread(*args: Any, **kwargs: Any) -> Any:
+            return (new_fn if threading.get_ident() == owner else previous)(*args, **kwargs)
+
+        patch_method(self, cls, name, in_owner_thread, deduplicate)
+
+    thread_local_patch_method._invoke_nodes_thread_local = True  # type: ignore[attr-defined]
+    _Patcher.patch_method = thread_local_patch_method  # type: ignore[method-assign]
 
 
 def _cudagraph_thread_state() -> None:
@@ -116,6 +141,7 @@ class BackgroundCompiled:
         import torch._inductor.config as inductor_config
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+        _fx_patches_stay_in_their_thread()
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convolutions run faster as matrix products
         if cache_dir is not None:
