@@ -1,9 +1,8 @@
 """Benchmark the txt2img node against plain diffusers on an SD 1.5-architecture model.
 
 Random weights (speed does not depend on values): the full-size SD 1.5 UNet, VAE and CLIP text
-encoder are built from the shipped config folder on the GPU, saved as a diffusers folder and as
-an original-layout single file, and loaded back through the model manager (timed).  Prints one
-JSON line per case.  it/s counts denoising steps between the first and the last progress event.
+encoder are built from the shipped config folder on the GPU, saved as a diffusers folder and
+loaded back through the model manager, as a user's model is.  Prints one JSON line per case.  it/s counts denoising steps between the first and the last progress event.
 
     python bench/txt2img.py             # on a CUDA GPU, fp16: default settings, then 1024 / batch 4, then SDXL
     python bench/txt2img.py --defaults  # only default settings (compile in the background) vs plain diffusers
@@ -58,12 +57,10 @@ def rate(stamps: list[float]) -> float:
 
 
 def build_sd15(models: Path, cache: Path, device: str) -> None:
-    """Full-size SD 1.5 with random weights, written as a diffusers folder and an SD single file."""
+    """Full-size SD 1.5 with random weights, written as a diffusers folder."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from services.models.checkpoints import sd1_to_ldm
     from services.models.configs import config_folder
 
     config = config_folder("sd1", cache)
@@ -76,7 +73,6 @@ def build_sd15(models: Path, cache: Path, device: str) -> None:
                                    unet=unet, scheduler=EulerDiscreteScheduler.from_pretrained(config / "scheduler"),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(models / "sd15-random", safe_serialization=True)
-    save_file(sd1_to_ldm(unet, vae, text), str(models / "sd15-random-single.safetensors"))
 
 
 class NodeRunner:
