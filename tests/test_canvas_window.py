@@ -199,6 +199,36 @@ def test_txt2img_from_the_palette_lists_models_without_torch(xdisplay, tmp_path,
     assert report["state"] == "completed" and report["loaded_modules"] == []
 
 
+def test_a_comfyui_workflow_imported_from_the_file_menu_runs_in_the_window(xdisplay, tmp_path, demo_models):
+    """File -> Import of a ComfyUI API workflow (with a custom node it cannot map): the report is shown
+    before anything runs, then the imported graph runs in the window with torch only in the AI worker."""
+    workflow = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1-single.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cube", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 4, "cfg": 7, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1, "model": ["4", 0],
+                                                   "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+        "10": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {"model_name": "mm_sd_v15.ckpt"}},
+    }
+    (tmp_path / "workflow.json").write_text(json.dumps(workflow))
+    report = scenario("import_run", xdisplay, tmp_path, models=demo_models)
+    assert report["dialog_shown"] and "ADE_AnimateDiffLoaderGen1" in report["dialog_text"], report
+    assert report["ran_before_ok"] is False and report["dialog_closed"]  # nothing runs before the report is read
+    assert report["node_types"] == sorted(["main_model_loader", "prompt", "prompt", "empty_latent", "denoise_latents",
+                                           "vae_decode", "save_image"])
+    assert set(report["states"].values()) == {"completed"} and report["loaded_modules"] == []
+    from PIL import Image
+
+    (saved,) = [p for p in report["outputs"] if Path(p).name == "ComfyUI.png"]  # SaveImage's filename_prefix
+    assert len(report["outputs"]) == 2  # and the decoded image in the image store
+    with Image.open(saved) as image:
+        assert image.size == (64, 64) and "a red cube" in image.text["parameters"]
+
+
 def test_a_killed_canvas_offers_its_unsaved_edits_at_the_next_start(xdisplay, tmp_path):
     if shutil.which("xdotool") is None:
         pytest.skip("xdotool not found: apt-get install -y xdotool")
@@ -646,6 +676,33 @@ def scenario_palette_model(d: Driver) -> dict:
     return report
 
 
+
+
+def scenario_import_run(d: Driver) -> dict:
+    dpg, c, view = d.dpg, d.c, d.view
+    view.ask_path("import", None)  # File -> Import...: the dialog, then the file the user picks in it
+    d.frames(2)
+    dpg.hide_item(view.file_dialog)  # as Dear PyGui does when a file is chosen, before its callback
+    d.frames(3)
+    view._on_file_chosen(view.file_dialog, {"file_path_name": str(d.out / "workflow.json")})
+    d.frames(3)
+    report = {"dialog_shown": dpg.is_item_shown(view.import_window), "dialog_text": dpg.get_value(view.import_text),
+              "message": c.message,
+              "ran_before_ok": c.is_running or any(s.state in ("running", "completed") for s in c.status.values())}
+    d.screenshot("import_report.png")
+    x, y = d.center(dpg.get_item_children(view.import_window, 1)[-1])  # the OK button
+    d.xdo("mousemove", str(x), str(y))
+    d.xdo("click", "1", frames=3)
+    report["dialog_closed"] = not dpg.is_item_shown(view.import_window)
+    report["node_types"] = sorted(c.graph.nodes[n].type for n in c.graph.nodes)
+    c.run()
+    d.until(lambda: not c.is_running, timeout=180)
+    d.frames(3)
+    d.screenshot("import_run.png")
+    report["states"] = {n: s.state for n, s in c.status.items()}
+    report["outputs"] = sorted(str(p) for p in c.invoker.settings.outputs_dir.rglob("*.png"))
+    report["loaded_modules"] = [m for m in NO_TORCH if m in sys.modules]
+    return report
 
 
 def graph_state(c) -> dict:

@@ -41,7 +41,7 @@ class ImportReport:
             parts.append("not imported: " + "; ".join(f"{u['type']} #{u['id']} ({u['reason']})" for u in self.unmapped))
         found = [m for m in self.models if m["model_id"] is not None]
         if found:
-            parts.append("models: " + ", ".join(f"{m['reference']} → {m['model_id']}" for m in found))
+            parts.append("models: " + ", ".join(f"{m['reference']} -> {m['model_id']}" for m in found))
         if self.missing_models:
             parts.append("missing models: " + ", ".join(f"{m['reference']} ({m['kind']})" for m in self.missing_models))
         parts.extend(self.notes)
