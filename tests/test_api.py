@@ -469,7 +469,9 @@ def test_socket_protocol_errors_and_unsubscribe(server, http):
     with connect(server.ws_url) as socket:
         for message, words in ((b"\x00binary", "text frames"), ("hello", "not JSON"), ("[1]", "JSON object"), ('{"action": "shout"}', "unknown action"),
                                ('{"action": "subscribe"}', "session_id"),
-                               ('{"action": "subscribe", "session_id": "nope"}', "no session")):
+                               ('{"action": "subscribe", "session_id": "nope"}', "no session"),
+                               ("[" * 20_000 + "]" * 20_000, "nested deeper than 4 levels"),
+                               ('{"action": "' + "x" * 70_000 + '"}', "too large")):
             socket.send(message)
             reply = json.loads(socket.recv(timeout=5))
             assert reply["type"] == "error" and words in reply["message"]

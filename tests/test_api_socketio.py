@@ -114,6 +114,17 @@ def test_bad_subscriptions_are_answered_with_errors(http, server):
         sio_subscribe(client, sid)  # the connection is still usable
 
 
+def test_a_deeply_nested_packet_is_dropped_and_the_server_serves_on(http, server):
+    sid = create(http)["id"]
+    deep: object = sid
+    for _ in range(300):  # as deep as the client can write (its packer recurses too)
+        deep = [deep]
+    with sio_client(server) as client, pytest.raises(socketio.exceptions.TimeoutError):
+        client.call("subscribe_session", {"session": deep}, timeout=3)  # over the depth limit: dropped unread
+    with sio_client(server) as client:
+        sio_subscribe(client, sid)
+
+
 def test_readme_event_examples_run_as_written(server):
     readme = (REPO_ROOT / "README.md").read_text("utf-8")
     section = readme[readme.index("### Live events"):readme.index("## Benchmarks")]

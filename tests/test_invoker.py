@@ -83,6 +83,24 @@ def test_a_failing_node_fails_alone_and_the_worker_survives(invoker, services):
     assert invoker.wait(other.id, 10) and other.node_state("1") == "completed"
 
 
+def test_an_engine_fault_fails_the_node_instead_of_leaving_the_session_running(invoker, services, monkeypatch):
+    """A fault outside the node's own code (here the output cache's store) fails that node; the
+    session still completes, so no app waits on a node shown as running forever."""
+    def full_disk(key, outputs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(services.cache, "put", full_disk)
+    session = invoker.create_session()
+    session.add_node({"type": "test_counting", "tag": "faulty"})
+    session.add_node({"type": "test_counting", "tag": "child"}, [(-1, "value", "value")])
+    events = _record(services, session)
+    invoker.invoke(session)
+    assert invoker.wait(session.id, 10)
+    assert session.node_state("1") == "failed" and "No space left on device" in session.results["1"][0].error
+    assert session.node_state("2") == "skipped"
+    assert events[-1][0] == SESSION_COMPLETED
+
+
 def test_missing_required_input_fails_at_run_time_naming_the_field(invoker):
     session = invoker.create_session()
     session.add_node({"type": "resize"}, strict=False)

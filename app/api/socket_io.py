@@ -10,18 +10,25 @@ sends.  Wait for the subscribe acknowledgement before invoking.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import types
 from typing import Any
 
 import socketio
 
+from nodes.core.untrusted import load_json
+
 from .events import EventHub, Outbound, dumps
+from .websocket import MAX_MESSAGE_BYTES
 
 MOUNT = "/ws"
 PATH = MOUNT + "/socket.io"
 log = logging.getLogger(__name__)
+
+
+def _load_packet(text: str | bytes, **_options: object) -> object:
+    """A client's packet: small and shallow (["subscribe_session", {"session_id": ...}])."""
+    return load_json(text, max_bytes=MAX_MESSAGE_BYTES, max_depth=8)
 
 
 class SocketIOEvents:
@@ -31,7 +38,7 @@ class SocketIOEvents:
         self.hub = hub
         # cors_allowed_origins left at its default: same origin only, like the rest of the API.
         self.server = socketio.AsyncServer(async_mode="asgi",
-                                           json=types.SimpleNamespace(dumps=dumps, loads=json.loads))
+                                           json=types.SimpleNamespace(dumps=dumps, loads=_load_packet))
         self.app = socketio.ASGIApp(self.server, socketio_path=PATH)
         self._watched: set[str] = set()  # sessions whose room has members, so the hub feeds it
         # Events go out through one task so that each room gets them in the engine's order.

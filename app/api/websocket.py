@@ -19,7 +19,11 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from nodes.core.untrusted import load_json
+
 from .events import EventHub, Outbound
+
+MAX_MESSAGE_BYTES = 64 * 1024  # a client's message is one small object: subscribe / unsubscribe
 
 QUEUE_LIMIT = 2000  # messages waiting for one slow client before it is disconnected
 
@@ -91,9 +95,9 @@ async def _receive(hub: EventHub, conn: Connection) -> None:
 
 def _handle(hub: EventHub, conn: Connection, text: str) -> None:
     try:
-        message = json.loads(text)
-    except ValueError:
-        conn.reply("error", message="not JSON: send {\"action\": \"subscribe\", \"session_id\": \"...\"}")
+        message = load_json(text, max_bytes=MAX_MESSAGE_BYTES, max_depth=4)  # {"action": ..., "session_id": ...}
+    except ValueError as exc:  # not JSON, too deep or too big (UntrustedInputError)
+        conn.reply("error", message=f"not JSON ({exc}): send {{\"action\": \"subscribe\", \"session_id\": \"...\"}}")
         return
     if not isinstance(message, dict):
         conn.reply("error", message="a message must be a JSON object")

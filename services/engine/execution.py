@@ -147,6 +147,14 @@ class SessionRun:
         """Run every instance of a node; returns False when canceled."""
         with self.session.lock:
             self.session.results[node.id] = [NodeResult(node.id, RUNNING)]
+        try:
+            rows = self._run_instances(node)
+        except Exception as exc:  # a fault of the engine, not of the node: the node fails, the run goes on
+            rows = [NodeResult(node.id, FAILED, error=self._unexpected(node, exc))]
+        self._finish(node.id, rows)
+        return not any(r.state == CANCELED for r in rows)
+
+    def _run_instances(self, node: GraphNode) -> list[NodeResult]:
         instances = self._instances(node)
         rows: list[NodeResult] = []
         if node.cls.runs_in_worker and len(instances) > 1 and (parallel := self.services.executor.parallelism) > 1:
@@ -167,8 +175,7 @@ class SessionRun:
                 rows.extend(produced)
                 if produced and produced[-1].state == CANCELED:
                     break
-        self._finish(node.id, rows)
-        return not any(r.state == CANCELED for r in rows)
+        return rows
 
     def _run_instance(self, node: GraphNode, index: Index, linked: dict[str, Any]) -> list[NodeResult]:
         cls = node.cls
