@@ -218,7 +218,10 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
     emit("default_warm", size=size, it_per_s=max(rate(s) for _, s, _ in warm), seconds=round(min(w for *_, w in warm), 2),
          psnr_vs_eager_db=psnr(warm[0][0], images[0]), repeat_identical=bool(np.array_equal(warm[0][0], warm[1][0])))
     eager, stamps, _ = runner.run(model, size, steps, 1, "off")
-    emit("node_eager", size=size, it_per_s=rate(stamps), identical_to_first_default_image=bool(np.array_equal(eager, images[0])))
+    emit("node_eager", size=size, it_per_s=rate(stamps), psnr_vs_first_default_image_db=psnr(eager, images[0]))
+    graphed = [runner.run(model, size, steps, 1, "graphs") for _ in range(2)]  # captured, then replayed
+    emit("node_cuda_graphs", size=size, first_it_per_s=rate(graphed[0][1]), it_per_s=rate(graphed[1][1]),
+         psnr_vs_eager_db=psnr(graphed[1][0], eager))
     if quick:
         return
 
@@ -228,6 +231,8 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     emit("new_process", total_seconds=round(time.perf_counter() - started, 1), rows=lines,
          error=out.stderr[-2000:] if out.returncode else None)
+
+    diffusers_cases(models / model, device, size, steps, images[0])
 
     other = size + size // 2  # a new size: must not stall; how long until it runs compiled
     started = time.perf_counter()
@@ -239,7 +244,6 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
 
     if device == "cuda":
         attention_cases()
-    diffusers_cases(models / model, device, size, steps, images[0])
 
 
 def new_process_probe(models: Path, data_dir: Path, size: int, steps: int, launched: float, mode: str) -> int:

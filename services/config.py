@@ -39,9 +39,11 @@ class Settings:
     extra_model_dirs: list[Path] = field(default_factory=list)
     theme: str = "dark"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # torch.compile of the denoiser on CUDA: auto | off | reduce-overhead | max-autotune-no-cudagraphs | default.
-    # auto: reduce-overhead when triton is installed.  A new size runs uncompiled while it compiles in
-    # the background; compiled kernels are kept in the cache folder for the next launch.
+    # How the denoiser runs on CUDA: auto | off | graphs | reduce-overhead | max-autotune |
+    # max-autotune-no-cudagraphs | default.
+    # auto: reduce-overhead when triton is installed, else graphs (CUDA graphs of the uncompiled UNet).
+    # A new size runs as a CUDA graph while it compiles in the background; compiled kernels are kept in
+    # the cache folder for the next launch.  off: plain eager.
     compile: str = "auto"
     # The API's executor: "in-process", or "worker" (models in a separate process, as the canvas does).
     api_executor: str = "in-process"

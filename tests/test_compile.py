@@ -2,6 +2,7 @@
 shapes, then the compiled one; a failed compile leaves it eager.  Previews are made only when shown."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 import torch
 
-from nodes.core.compiled import ARTIFACTS_FILE, BackgroundCompiled, load_artifacts
+from nodes.core.compiled import ARTIFACTS_FILE, BackgroundCompiled, CudaGraphs, GraphedCall, load_artifacts
 from services.engine.context import PREVIEW_INTERVAL_S, NodeContext
 
 
@@ -78,9 +79,93 @@ def test_compile_mode_auto_is_off_on_a_cpu(tmp_path, monkeypatch):
                         sessions_dir=tmp_path, plugins_dir=tmp_path, device="cpu")
     assert settings.compile == "auto"
     assert LocalModelManager(settings).compile_mode == "off"
+    gpu = dataclasses.replace(settings, device="cuda")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "triton" else object())
+    assert LocalModelManager(gpu).compile_mode == "graphs"  # a GPU without triton: CUDA graphs, uncompiled
     monkeypatch.setenv("INVOKE_NODES_COMPILE", "fast")
     with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
         LocalModelManager(settings).compile_mode
+
+
+def test_cuda_graphs_leave_a_cpu_model_eager():
+    eager = Tiny()
+    assert CudaGraphs(eager).pick(torch.randn(2, 8), None) is eager
+    assert BackgroundCompiled(eager, "default", None, backend="aot_eager").graphs.pick(torch.randn(2, 8)) is eager
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _tiny_denoiser_inputs(seed: int, width: int) -> tuple:
+    g = torch.Generator("cuda").manual_seed(seed)
+    return (torch.randn(1, 4, 16, 16, device="cuda", dtype=torch.float16, generator=g),
+            torch.tensor(500.0 + seed, device="cuda"), torch.randn(2, 77, width, device="cuda", dtype=torch.float16, generator=g),
+            torch.tensor(7.5, device="cuda", dtype=torch.float16), None, None, None, None)
+
+
+@needs_cuda
+def test_a_cuda_graph_gives_the_eager_result_and_follows_moved_and_changed_weights():
+    from nodes.core.diffusion import Denoiser
+    from services.models.demo import tiny_unet
+
+    unet = tiny_unet().to("cuda", torch.float16).eval()
+    graphs = CudaGraphs(Denoiser(unet))
+    a, b = (_tiny_denoiser_inputs(seed, unet.config.cross_attention_dim) for seed in (1, 2))
+    with torch.inference_mode():
+        graph = graphs.pick(*a)
+        assert isinstance(graph, GraphedCall)
+        for inputs in (a, b):  # new values through the same graph
+            assert torch.allclose(graph(*inputs), graphs.eager(*inputs), atol=2e-3)
+        assert not torch.allclose(graph(*a), graph(*b), atol=1e-2)
+        assert graphs.pick(*b) is graph  # the same shapes: the same graph
+    unet.to("cpu")
+    unet.to("cuda")  # the weights moved (an offload and reload): the old graph would read freed memory
+    with torch.inference_mode():
+        again = graphs.pick(*a)
+        assert again is not graph
+        assert torch.allclose(again(*a), graphs.eager(*a), atol=2e-3)
+        unet.conv_in.weight.mul_(0.5)  # a LoRA changes weights in place: the graph reads them
+        assert torch.allclose(again(*a), graphs.eager(*a), atol=2e-3)
+
+
+@needs_cuda
+def test_while_a_compile_builds_a_gpu_model_runs_as_a_cuda_graph(tmp_path):
+    from nodes.core.diffusion import Denoiser
+    from services.models.demo import tiny_unet
+
+    unet = tiny_unet().to("cuda", torch.float16).eval()
+    denoiser = BackgroundCompiled(Denoiser(unet), "reduce-overhead", tmp_path, backend="aot_eager")
+    a, b = (_tiny_denoiser_inputs(seed, unet.config.cross_attention_dim) for seed in (1, 2))
+    with torch.inference_mode():
+        meanwhile = denoiser.pick(*a)
+        assert isinstance(meanwhile, GraphedCall)
+        assert denoiser.wait(300)
+        compiled = denoiser.pick(*a)  # the compiled module, captured as a CUDA graph in this thread
+        assert isinstance(compiled, GraphedCall) and compiled is not meanwhile
+        for inputs in (a, b):
+            assert torch.allclose(compiled(*inputs), denoiser.eager(*inputs), atol=2e-3)
+    assert not denoiser.graphs._graphs  # the eager graph's memory is let go once the compiled one serves that size
+
+
+@needs_cuda
+def test_txt2img_as_cuda_graphs_draws_the_eager_pixels(tmp_path):
+    import numpy as np
+
+    from nodes.core.diffusion import GenerationRequest, Generator
+    from services.config import Settings
+    from services.models import demo as demo_models
+    from services.models.manager import LocalModelManager
+
+    demo_models.write_tiny_sd1_diffusers(tmp_path / "models" / "tiny-sd1")
+    settings = Settings(data_dir=tmp_path, config_dir=tmp_path, models_dir=tmp_path / "models", outputs_dir=tmp_path,
+                        sessions_dir=tmp_path, plugins_dir=tmp_path, device="cuda")
+    pipe = LocalModelManager(settings).load("tiny-sd1")
+    request = GenerationRequest(prompt="a red cube", steps=4, width=64, height=64, seed=3)
+    eager = np.asarray(Generator(pipe, "sd1", compile_mode="off").run(request, lambda *a: None)[0], dtype=np.int16)
+    for _ in range(2):  # captured, then replayed
+        graphed = np.asarray(Generator(pipe, "sd1", compile_mode="graphs").run(request, lambda *a: None)[0], dtype=np.int16)
+        assert np.abs(graphed - eager).max() <= 2
+    assert isinstance(next(iter(pipe.unet.__dict__["_invoke_nodes_denoisers"]["graphs"]._graphs.values())), GraphedCall)
 
 
 def test_previews_are_made_only_when_shown(tmp_path):

@@ -1,11 +1,13 @@
-"""torch.compile of the denoiser without a wait: eager until the compiled module is ready.
+"""How the denoiser runs on a GPU: as a CUDA graph at once, compiled in the background.
 
-The first image at a new input shape runs eager while a background thread compiles the denoiser
-for that shape (`BackgroundCompiled.pick`); later images use the compiled module.  Compiled
-artifacts are saved in the cache folder after each build and loaded by the next process, so a
-new process reaches compiled speed without compiling again.  A failed compile (no triton, no C
-compiler, an unsupported model) is logged once and the denoiser stays eager: compiling is an
-optimisation, never a reason for a generation to fail.
+`CudaGraphs` captures a module as a CUDA graph per input structure: a step is one launch instead of
+~1,000 kernel launches from Python, with the same kernels (the same pixels), and the loop no longer
+starves for the GIL while a compile holds it.  `BackgroundCompiled` runs that graph of the eager
+denoiser for the first image at a new input shape while a background thread compiles the denoiser
+for that shape; later images use the compiled module, captured as a CUDA graph the same way.
+Compiled artifacts are saved in the cache folder after each build and loaded by the next process.
+A failed compile or capture (no triton, no C compiler, an unsupported model) is logged once and the
+denoiser runs without it: speed is an optimisation, never a reason for a generation to fail.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from services.fsutil import atomic_write_bytes
 
@@ -33,8 +36,9 @@ ARTIFACTS_FILE = "compiled-artifacts.bin"
 # Sizes compiled per denoiser before dynamo gives up and runs eager (its default is 8).
 RECOMPILE_LIMIT = 64
 # While a build runs, how long a thread waits for the GIL before the holder must hand it over
-# (Python's default is 5 ms).  The eager loop gives the GIL up in every torch op and waits to get it
-# back: at 5 ms a step of ~1,000 ops took 1.7 s (0.59 it/s on an H200) beside a compile.
+# (Python's default is 5 ms).  The loop gives the GIL up in every torch op and waits to get it back:
+# at 5 ms an eager step of ~1,000 ops took 1.7 s (0.59 it/s on an H200) beside a compile; a CUDA-graph
+# step still has the scheduler's few dozen.
 BUILD_SWITCH_INTERVAL_S = 1e-5
 
 
@@ -60,22 +64,6 @@ def _fx_patches_stay_in_their_thread() -> None:
 
     thread_local_patch_method._invoke_nodes_thread_local = True  # type: ignore[attr-defined]
     _Patcher.patch_method = thread_local_patch_method  # type: ignore[method-assign]
-
-
-def _cudagraph_thread_state() -> None:
-    """CUDA-graph trees keep per-thread state that torch before 2.12 sets up only in the thread that
-    imported it (its lookup asserts elsewhere): set it up in this thread too (the build thread and
-    the node's thread both reach it)."""
-    try:
-        from torch._inductor import cudagraph_trees as trees
-    except ImportError:
-        return
-    if hasattr(trees.local, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
-        return
-    trees.local.tree_manager_containers = {}
-    trees.local.tree_manager_locks = collections.defaultdict(threading.Lock)
-    torch._C._stash_obj_in_tls("tree_manager_containers", trees.local.tree_manager_containers)
-    torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
 
 
 @contextlib.contextmanager
@@ -133,6 +121,91 @@ def save_artifacts(cache_dir: Path) -> None:
         atomic_write_bytes(cache_dir / ARTIFACTS_FILE, saved[0])
 
 
+# torch.compile modes that run as CUDA graphs: (captured by CudaGraphs, the mode inductor compiles with).
+GRAPHED_MODES = {"reduce-overhead": (True, "default"), "max-autotune": (True, "max-autotune-no-cudagraphs")}
+# Graphs kept per module: each holds its activations' memory while it lives.
+GRAPHS_KEPT = 2
+# Eager calls before a capture: cuDNN times its algorithms and lazy state is made outside the graph.
+WARMUP_CALLS = 2
+
+
+def _weight_addresses(module: torch.nn.Module) -> tuple[int, ...]:
+    return tuple(t.data_ptr() for t in (*module.parameters(), *module.buffers()))
+
+
+class GraphedCall:
+    """One CUDA graph of `module(*inputs)` for one input structure.  A call copies its tensors into the
+    graph's own input buffers, replays, and returns a copy of the output (the graph overwrites it next
+    time).  Weights are read where they were at capture: `valid_for` tells when they moved."""
+
+    def __init__(self, module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
+        leaves, self._spec = tree_flatten(inputs)
+        self._slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        self._buffers = [leaves[i].clone() for i in self._slots]
+        for i, buffer in zip(self._slots, self._buffers):
+            leaves[i] = buffer
+        args = tree_unflatten(leaves, self._spec)
+        self.weights = _weight_addresses(module)
+        device = self._buffers[0].device
+        side, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_CALLS):
+                module(*args)
+        current.wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        # thread_local: a compile on another thread may use the GPU meanwhile
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
+            self._output = module(*args)
+
+    def valid_for(self, module: torch.nn.Module) -> bool:
+        return _weight_addresses(module) == self.weights
+
+    def __call__(self, *inputs: Any) -> Any:
+        leaves = tree_flatten(inputs)[0]
+        for i, buffer in zip(self._slots, self._buffers):
+            buffer.copy_(leaves[i])
+        self._graph.replay()
+        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, self._output)
+
+
+class CudaGraphs:
+    """The eager module, run as a CUDA graph per input structure on a GPU (captured on the first pick
+    for it, recaptured when the weights moved, e.g. after the model was offloaded and brought back).
+    Anything that cannot be captured is logged once and runs eager."""
+
+    def __init__(self, eager: torch.nn.Module) -> None:
+        self.eager = eager
+        self._graphs: collections.OrderedDict[Any, GraphedCall] = collections.OrderedDict()
+        self._failed = False
+
+    def pick(self, *inputs: Any) -> Callable[..., Any]:
+        device = next((x.device for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)), None)
+        if self._failed or device is None or device.type != "cuda":
+            return self.eager
+        key = _signature(inputs)
+        graph = self._graphs.get(key)
+        if graph is None or not graph.valid_for(self.eager):
+            self._graphs.pop(key, None)
+            try:
+                graph = GraphedCall(self.eager, inputs)
+            except Exception:
+                log.warning("capturing %s as a CUDA graph failed; it runs without one", type(self.eager).__name__,
+                            exc_info=True)
+                self._failed = True
+                self._graphs.clear()
+                return self.eager
+            self._graphs[key] = graph
+            while len(self._graphs) > GRAPHS_KEPT:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        return graph
+
+    def forget(self, *inputs: Any) -> None:
+        """Drop the graph for these inputs (its memory), e.g. once a compiled module serves them."""
+        self._graphs.pop(_signature(inputs), None)
+
+
 class BackgroundCompiled:
     """A denoiser and its compiled twin; `pick` says which one to run for the given inputs."""
 
@@ -151,8 +224,14 @@ class BackgroundCompiled:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "torchinductor")
             load_artifacts(cache_dir)
         self.eager = eager
-        options = {"mode": mode} if backend == "inductor" else {}  # other backends: tests on a CPU without a C compiler
+        self.graphs = CudaGraphs(eager)  # what runs while a build is under way
+        # The CUDA-graph modes are compiled without torch's own graphs (its graph trees keep per-thread
+        # state, and the build runs on another thread than the loop): CudaGraphs captures the compiled
+        # module in the loop's thread instead, as it does the eager one.
+        graphed, inductor_mode = GRAPHED_MODES.get(mode, (False, mode))
+        options = {"mode": inductor_mode} if backend == "inductor" else {}  # other backends: tests without a C compiler
         self.compiled = torch.compile(eager, backend=backend, fullgraph=False, dynamic=False, **options)
+        self.compiled_graphs = CudaGraphs(self.compiled) if graphed else None
         self.cache_dir = cache_dir
         self._states: dict[tuple[Any, ...], str] = {}  # signature -> "building" | "ready"
         self._failed = False
@@ -160,27 +239,27 @@ class BackgroundCompiled:
         self._idle = threading.Condition(self._lock)
         self.build_seconds: dict[tuple[Any, ...], float] = {}
 
-    def pick(self, *inputs: Any) -> torch.nn.Module:
-        """The compiled module when it is built for inputs of these shapes; else the eager one (and
-        the build for these shapes starts in the background)."""
+    def pick(self, *inputs: Any) -> Callable[..., Any]:
+        """The compiled module when it is built for inputs of these shapes; else the eager one, as a
+        CUDA graph on a GPU (and the build for these shapes starts in the background)."""
         if self._failed:
-            return self.eager
+            return self.graphs.pick(*inputs)
         key = _signature(inputs)
         with self._lock:
             state = self._states.get(key)
-            if state == "ready":
-                _cudagraph_thread_state()
-                return self.compiled
             if state is None:
                 self._states[key] = "building"
-                copies = _copy(inputs)
-                threading.Thread(target=self._build, args=(key, copies), name="compile-denoiser", daemon=True).start()
-        return self.eager
+        if state == "ready":
+            self.graphs.forget(*inputs)
+            return self.compiled if self.compiled_graphs is None else self.compiled_graphs.pick(*inputs)
+        meanwhile = self.graphs.pick(*inputs)  # captured before the build starts to use the GPU
+        if state is None:
+            threading.Thread(target=self._build, args=(key, _copy(inputs)), name="compile-denoiser", daemon=True).start()
+        return meanwhile
 
     def _build(self, key: tuple[Any, ...], inputs: tuple[Any, ...]) -> None:
         started = time.perf_counter()
         try:
-            _cudagraph_thread_state()
             with _BUILD_LOCK, torch.inference_mode(), _short_gil_turns():
                 self.compiled(*inputs)  # compiles (or loads from the caches) and warms up
                 if inputs[0].device.type == "cuda":

@@ -129,14 +129,19 @@ def denoiser_for(unet: Any, compile_mode: str, cache_dir: Path | None = None, se
 
 def compiled(model: Any, slot: str, wrap: Callable[[Any], Any], compile_mode: str, cache_dir: Path | None = None) -> Any:
     """wrap(model) (a module with `pick`), made once per model, slot and mode and kept on the model;
-    on CUDA the model is tuned; unless compile_mode is "off" the module is compiled in the background
-    ("auto" is off on a CPU: the manager decides; asked for by name, it compiles there too)."""
+    on CUDA the model is tuned.  compile_mode "graphs": run as CUDA graphs, uncompiled; a torch.compile
+    mode: compiled in the background, CUDA graphs meanwhile ("auto" is off on a CPU: the manager
+    decides; asked for by name, it compiles there too)."""
     made: dict[str, Any] = model.__dict__.setdefault(slot, {})
     if compile_mode not in made:
         module = wrap(model)
         if model.device.type == "cuda":
             _tune_for_cuda(model)
-        if compile_mode != "off":
+        if compile_mode == "graphs":
+            from .compiled import CudaGraphs
+
+            module = CudaGraphs(module)
+        elif compile_mode != "off":
             from .compiled import BackgroundCompiled
 
             module = BackgroundCompiled(module, compile_mode, cache_dir)
@@ -337,8 +342,6 @@ def _predictor(unet: Any, base: str, denoiser: torch.nn.Module, r: DenoiseReques
 
     def predict(index: int, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         nonlocal module
-        if device.type == "cuda":  # before the ControlNets: their outputs are read by this step's UNet call
-            torch.compiler.cudagraph_mark_step_begin()
         inputs: tuple[Any, ...] = (model_input, t, embeds, guidance, extra, text_embeds, time_ids)
         if steering is not None:
             inputs += (steering.step(index, model_input, t, embeds, text_embeds, time_ids),)

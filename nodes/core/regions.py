@@ -162,8 +162,6 @@ class RegionalPredictor:
         for number, (members, embeds, pooled, ids) in enumerate(self.groups):
             crops = torch.cat([_crop(latents, r.window) for r in members])
             extra = torch.cat([_crop(self.extra, r.window) for r in members]) if self.extra is not None else None
-            if latents.device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
             inputs = (crops, t, embeds, None, extra, pooled, ids)
             if number not in self.modules:  # one module per group for the whole image, as the plain path
                 self.modules[number] = self.denoiser.pick(*inputs)

@@ -34,7 +34,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 SIDECAR_SUFFIX = ".config"  # "<file stem>.config/": a diffusers config folder for a non-standard single file
 # Files that sit beside models and are not models themselves: never reported.
 _IGNORED_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".md", ".png", ".jpg", ".jpeg", ".webp", ".html"})
-_COMPILE_MODES = ("auto", "off", "reduce-overhead", "max-autotune-no-cudagraphs", "default")
+_COMPILE_MODES = ("auto", "off", "graphs", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")
 AUTO_COMPILE_MODE = "reduce-overhead"  # what "auto" compiles with on a CUDA GPU (the fastest measured)
 GB = 1024**3
 
@@ -99,7 +99,8 @@ class ModelManager(ABC):
     @property
     @abstractmethod
     def compile_mode(self) -> str:
-        """torch.compile mode for denoisers: off | reduce-overhead | max-autotune-no-cudagraphs | default."""
+        """How denoisers run: off | graphs (CUDA graphs, uncompiled) | reduce-overhead | max-autotune |
+        max-autotune-no-cudagraphs | default (torch.compile modes, built in the background)."""
 
     @property
     @abstractmethod
@@ -506,12 +507,16 @@ class LocalModelManager(ModelManager):
     @property
     def compile_mode(self) -> str:
         """torch.compile mode for the UNet: settings.compile or $INVOKE_NODES_COMPILE.  "auto" (the
-        default) compiles on a CUDA GPU when triton is installed, in the background (nodes/core/compiled.py)."""
+        default) on a CUDA GPU compiles in the background when triton is installed and runs the
+        uncompiled UNet as CUDA graphs meanwhile, or always without triton ("graphs"); see
+        nodes/core/compiled.py.  "off": plain eager."""
         mode = os.environ.get("INVOKE_NODES_COMPILE") or str(getattr(self.settings, "compile", "auto") or "auto")
         if mode not in _COMPILE_MODES:
             raise ValueError(f"unknown compile mode '{mode}' (use one of: {', '.join(_COMPILE_MODES)})")
         if mode == "auto":
-            return AUTO_COMPILE_MODE if self.on_gpu and importlib.util.find_spec("triton") is not None else "off"
+            if not self.on_gpu:
+                return "off"
+            return AUTO_COMPILE_MODE if importlib.util.find_spec("triton") is not None else "graphs"
         return mode
 
     @property
