@@ -10,6 +10,7 @@ loaded back through the model manager, as a user's model is.  Prints one JSON li
     python bench/txt2img.py --sdxl      # only SDXL 1024 first and warm calls, prompt in -> PNG on disk
     python bench/txt2img.py --cpu       # SD 1.5 size on this CPU: a few steps, and what is free to speed it up
     python bench/txt2img.py --worker    # the node in this process vs in the AI worker process (as the canvas runs it)
+    python bench/txt2img.py --profile   # where a compiled step's GPU time goes: the kernels that take most
     python bench/txt2img.py --smoke     # tiny model on the CPU (compiled on the CPU): checks the script itself
 """
 from __future__ import annotations
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="only: SD 1.5 size on the CPU")
     parser.add_argument("--worker", action="store_true",
                         help="only: the node in this process vs in the AI worker process, eager and compiled")
+    parser.add_argument("--profile", action="store_true",
+                        help="only: once compiled, the kernels that take most of one image's GPU time")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="app data folder (default: a new one, so the first launch compiles from nothing)")
     parser.add_argument("--probe", nargs=6, metavar=("MODELS", "DATA", "SIZE", "STEPS", "LAUNCHED", "MODE"),
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     emit("environment", device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
          dtype="float16" if device == "cuda" else "float32", steps=steps, compile_mode=COMPILE_MODE,
          kernel_cache_from_earlier_run=(data_dir / "cache" / "torchinductor").is_dir())
-    everything = not (args.defaults or args.large or args.sdxl or args.worker)
+    everything = not (args.defaults or args.large or args.sdxl or args.worker or args.profile)
 
     if args.sdxl and not args.smoke:
         sdxl_cases(root)
@@ -181,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     emit("build_random_model", seconds=round(time.perf_counter() - started, 1))
     if args.worker:
         worker_cases(root, models, device, data_dir, model, size, steps)
+        return 0
+    if args.profile:
+        profile_cases(NodeRunner(root, models, device, data_dir), model, size, steps, mode)
         return 0
     if everything or args.defaults:
         default_cases(root, models, device, data_dir, model, size, steps, mode, args.quick)
@@ -261,6 +267,26 @@ def new_process_probe(models: Path, data_dir: Path, size: int, steps: int, launc
     emit("probe_compiled", compiled=runner.compiled_ready(model), ready_seconds_from_start=round(ready, 1),
          seconds_from_start=round(time.perf_counter() - started, 1), it_per_s=rate(stamps))
     return 0
+
+
+def profile_cases(runner: NodeRunner, model: str, size: int, steps: int, mode: str | None, rows: int = 15) -> None:
+    """The kernels that take most of one compiled image's time, to choose the next speed-up by."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.run(model, size, steps, 1, mode)  # starts the background build
+    ready = all(d.wait(900) for d in runner.denoisers(model).values() if hasattr(d, "wait"))
+    runner.run(model, size, steps, 1, mode)  # captures the compiled module
+    on_gpu = torch.cuda.is_available() and runner.services.models.on_gpu
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        _, stamps, wall = runner.run(model, size, steps, 1, mode)
+    events = [e for e in prof.key_averages() if (e.self_device_time_total if on_gpu else e.self_cpu_time_total) > 0]
+    timed = sorted(events, key=lambda e: e.self_device_time_total if on_gpu else e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_device_time_total if on_gpu else e.self_cpu_time_total for e in events)
+    emit("profile", compiled=ready, it_per_s=rate(stamps), seconds=round(wall, 2), device_ms=round(total / 1000, 1))
+    for e in timed[:rows]:
+        own = e.self_device_time_total if on_gpu else e.self_cpu_time_total
+        emit("profile_kernel", name=e.key[:120], calls=e.count, ms=round(own / 1000, 2), share=round(own / total, 3))
 
 
 def attention_cases() -> None:
