@@ -96,7 +96,8 @@ class ConditioningCombineInvocation(BaseInvocation):
 
 
 class ConditioningBlendInvocation(BaseInvocation):
-    """Blend two conditionings: (1 - alpha) * first + alpha * second."""
+    """Blend two conditionings: (1 - alpha) * first + alpha * second; ControlNets and T2I-Adapters
+    applied to the first stay applied."""
 
     type: Literal["conditioning_blend"] = "conditioning_blend"
     category: ClassVar[str] = "conditioning"

@@ -270,6 +270,24 @@ def test_controlnet_t2i_and_ip_adapter_strength_zero_and_out_of_range_are_the_pl
     assert np.array_equal(draw(), base)
 
 
+def test_a_blended_conditioning_keeps_the_controls_of_the_first(invoker, services, image_ref):
+    def draw(blend_alpha=None, strength=1.0):
+        nodes, links = controlled_graph(image_ref, [("controlnet", "controlnet-ldm", {"strength": strength})])
+        if blend_alpha is not None:  # apply0's positive -> blend with another prompt -> denoise
+            nodes["other"] = {"type": "prompt", "prompt": "a blue sphere"}
+            nodes["blend"] = {"type": "conditioning_blend", "alpha": blend_alpha}
+            links = [link for link in links if link[2:] != ("denoise", "positive")]
+            links += [("model", "clip", "other", "clip"), ("apply0", "positive", "blend", "first"),
+                      ("other", "conditioning", "blend", "second"), ("blend", "conditioning", "denoise", "positive")]
+        return image_of(services, run_graph(invoker, nodes, links), "decode")
+
+    controlled, uncontrolled = draw(), draw(strength=0.0)
+    assert not np.array_equal(controlled, uncontrolled)
+    assert np.array_equal(draw(blend_alpha=0.0), controlled)  # alpha 0: the first prompt, still controlled
+    halfway = draw(blend_alpha=0.5)
+    assert not np.array_equal(halfway, controlled) and not np.array_equal(halfway, uncontrolled)
+
+
 def test_sdxl_controlnet_and_ip_adapter(invoker, services, image_ref):
     base = image_of(services, run_graph(invoker, *controlled_graph(image_ref, model="tiny-sdxl", prompt="sdxl_prompt")),
                     "decode")

@@ -209,7 +209,9 @@ def combine(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
 
 
 def blend(first: dict[str, Any], second: dict[str, Any], alpha: float) -> dict[str, Any]:
-    """(1 - alpha) * first + alpha * second, the shorter padded with empty chunks."""
+    """(1 - alpha) * first + alpha * second, the shorter padded with empty chunks; what rides on the
+    first (ControlNets, T2I-Adapters) stays on the result, as ComfyUI's ConditioningAverage keeps
+    its `conditioning_to`'s."""
     from .regions import is_regional
 
     if is_regional(first) or is_regional(second):
@@ -221,4 +223,4 @@ def blend(first: dict[str, Any], second: dict[str, Any], alpha: float) -> dict[s
     pooled = None
     if first["pooled"] is not None and second["pooled"] is not None:
         pooled = torch.lerp(first["pooled"], second["pooled"].to(first["pooled"].device, first["pooled"].dtype), alpha)
-    return {"embeds": torch.lerp(a, b, alpha), "pooled": pooled, "empty": first["empty"]}
+    return {**first, "embeds": torch.lerp(a, b, alpha), "pooled": pooled}
