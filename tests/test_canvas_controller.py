@@ -463,7 +463,7 @@ def test_every_example_opens_laid_out_and_unsaved(ctl):
     from app.examples import examples
 
     shipped = examples()
-    assert {e.name for e in shipped} == {"hires_fix", "lora_stack", "sdxl_base_refiner", "outpaint"}
+    assert {e.name for e in shipped} == {"hires_fix", "lora_stack", "sdxl_base_refiner", "outpaint", "controlnet"}
     for item in shipped:
         ctl.open_example(item.name)
         assert set(ctl.graph.nodes) == {n["id"] for n in item.graph["nodes"]}

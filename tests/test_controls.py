@@ -371,3 +371,34 @@ def test_the_denoiser_with_every_control_compiles_once_for_the_whole_run(manager
             assert denoiser.pick(*inputs) is denoiser.compiled
             torch.testing.assert_close(denoiser.compiled(*inputs), eager(*inputs), rtol=1e-4, atol=1e-4)
     assert len(denoiser.build_seconds) == 1
+
+
+def test_the_demo_control_models_are_found_and_the_controlnet_example_runs_on_them(tmp_path):
+    """make-demo-models writes control models for tiny-sd1; File -> Examples -> ControlNet runs on them."""
+    from app.examples import example
+    from services.models import demo
+
+    models = tmp_path / "models"
+    demo.write_tiny_sd1_diffusers(models / "tiny-sd1")
+    demo.write_demo_control_models(models)
+    services = Services.local(_settings(tmp_path / "data", models))
+    kinds = {m.id: m.kind for m in services.models.list() if m.kind != "main"}
+    assert kinds == {"controlnet-tiny-controlnet": "controlnet", "t2i-adapter-tiny-t2i-adapter": "t2i_adapter",
+                     "ip-adapter-tiny-ip-adapter": "ip_adapter", "clip-vision-tiny-image-encoder": "clip_vision"}
+    source = tmp_path / "edges.png"
+    control_image(64).save(source)
+    graph = example("controlnet").graph
+    nodes = {n["id"]: {k: v for k, v in n.items() if k != "id"} for n in graph["nodes"]}
+    nodes["source"]["path"] = str(source)
+    nodes["model"]["model"], nodes["controlnet"]["model"] = "tiny-sd1", "controlnet-tiny-controlnet"
+    nodes["empty"].update(width=64, height=64)
+    nodes["denoise"]["steps"] = 2
+    links = [(link["from_node"], link["from_field"], link["to_node"], link["to_field"]) for link in graph["links"]]
+    invoker = Invoker(services)
+    try:
+        controlled = image_of(services, run_graph(invoker, nodes, links), "decode")
+        nodes["control"]["strength"] = 0.0
+        plain = image_of(services, run_graph(invoker, nodes, links), "decode")
+    finally:
+        invoker.shutdown()
+    assert controlled.shape == (64, 64, 3) and not np.array_equal(controlled, plain)

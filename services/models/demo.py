@@ -264,6 +264,7 @@ def write_demo_models(target: Path) -> list[Path]:
         write_tiny_vae_folder(target / "tiny-vae"),
         write_tiny_lora(target / "loras" / "tiny-lora.safetensors", {"unet": sd1["unet"], "text_encoder": sd1["text_encoder"]}),
         write_tiny_embedding(target / "embeddings" / "tiny-style.pt"),
+        *write_demo_control_models(target),
     ]
     try:
         import spandrel  # noqa: F401 - restoration models need it (and it needs torchvision)
@@ -417,3 +418,13 @@ def write_tiny_ip_adapter(path: Path | str, unet: Any, seed: int = 80) -> Path:
     else:
         torch.save(state, path)
     return path
+
+
+def write_demo_control_models(target: Path) -> list[Path]:
+    """A ControlNet and a T2I-Adapter (original single-file layouts, as users download them) and an
+    IP-Adapter with its image encoder, all for tiny-sd1."""
+    unet = tiny_unet()  # tiny-sd1's UNet
+    return [write_tiny_controlnet(target / "controlnet" / "tiny-controlnet.safetensors", tiny_controlnet(unet), "ldm"),
+            write_tiny_t2i_adapter(target / "t2i_adapter" / "tiny-t2i-adapter.safetensors", tiny_t2i_adapter(), "original"),
+            write_tiny_ip_adapter(target / "ip_adapter" / "tiny-ip-adapter.safetensors", unet),
+            write_tiny_clip_vision(target / "clip_vision" / "tiny-image-encoder")]
