@@ -225,9 +225,11 @@ def test_make_demo_models_command_writes_loadable_models(tmp_path, capsys):
     assert "RANDOM weights" in capsys.readouterr().out
     found = LocalModelManager(_settings(tmp_path, tmp_path / "demo"))
     kinds = sorted((m.id, m.kind) for m in found.list())
-    assert kinds == [("embeddings-tiny-style", "embedding"), ("loras-tiny-lora", "lora"), ("tiny-face-restorer", "face_restore"),
-                     ("tiny-sd1", "main"), ("tiny-sd1-single", "main"), ("tiny-upscaler-x4", "upscaler"),
-                     ("tiny-vae", "vae")], found.unrecognized()
+    assert kinds == [("clip-vision-tiny-image-encoder", "clip_vision"), ("controlnet-tiny-controlnet", "controlnet"),
+                     ("embeddings-tiny-style", "embedding"), ("ip-adapter-tiny-ip-adapter", "ip_adapter"),
+                     ("loras-tiny-lora", "lora"), ("t2i-adapter-tiny-t2i-adapter", "t2i_adapter"),
+                     ("tiny-face-restorer", "face_restore"), ("tiny-sd1", "main"), ("tiny-sd1-single", "main"),
+                     ("tiny-upscaler-x4", "upscaler"), ("tiny-vae", "vae")], found.unrecognized()
     upscaler = found.load("tiny-upscaler-x4")
     assert upscaler.scale == 4
 
