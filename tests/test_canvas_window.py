@@ -229,6 +229,26 @@ def test_a_comfyui_workflow_imported_from_the_file_menu_runs_in_the_window(xdisp
         assert image.size == (64, 64) and "a red cube" in image.text["parameters"]
 
 
+def test_the_controlnet_example_runs_in_the_window_on_the_demo_models(xdisplay, tmp_path, demo_models):
+    """File -> Examples -> ControlNet (canny), its model combos filled by the AI worker, run in the window."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    source = Image.new("RGB", (96, 96), "black")
+    ImageDraw.Draw(source).ellipse((16, 16, 80, 80), fill="white")
+    source.save(tmp_path / "source.png")
+    report = scenario("controlnet_example", xdisplay, tmp_path, models=demo_models)
+    assert "controlnet-tiny-controlnet" in report["controlnet_combo"] and "tiny-sd1" in report["main_combo"]
+    assert set(report["states"].values()) == {"completed"} and len(report["states"]) == 11, report
+    assert report["loaded_modules"] == []  # torch, diffusers and the ControlNet only in the AI worker
+    (saved,) = [p for p in report["outputs"] if Path(p).parent.name == "saved"]  # save_image's file
+    assert len(report["outputs"]) == 4  # and the loaded, edge and decoded images in the image store
+    with Image.open(saved) as image:
+        assert image.size == (64, 64) and "a cozy cabin" in image.text["parameters"]
+    edges = np.asarray(Image.open(report["edges"]).convert("L"))
+    assert set(np.unique(edges)) == {0, 255} and 0 < (edges == 255).mean() < 0.1  # a thin white ring on black
+
+
 def test_a_killed_canvas_offers_its_unsaved_edits_at_the_next_start(xdisplay, tmp_path):
     if shutil.which("xdotool") is None:
         pytest.skip("xdotool not found: apt-get install -y xdotool")
@@ -676,6 +696,29 @@ def scenario_palette_model(d: Driver) -> dict:
     return report
 
 
+
+
+def scenario_controlnet_example(d: Driver) -> dict:
+    dpg, c, view = d.dpg, d.c, d.view
+    c.open_example("controlnet")
+    d.until(lambda: c.model_choices("controlnet") != [], timeout=120)  # listed by the AI worker
+    d.frames(3)
+    report = {"controlnet_combo": dpg.get_item_configuration(view.nodes["controlnet"].inputs["model"].widget)["items"],
+              "main_combo": dpg.get_item_configuration(view.nodes["model"].inputs["model"].widget)["items"]}
+    for node_id, field, value in (("source", "path", str(d.out / "source.png")), ("model", "model", "tiny-sd1"),
+                                  ("controlnet", "model", "controlnet-tiny-controlnet"), ("empty", "width", 64),
+                                  ("empty", "height", 64), ("denoise", "steps", 4)):
+        c.set_value(node_id, field, value)
+    d.frames(2)
+    c.run()
+    d.until(lambda: not c.is_running, timeout=180)
+    d.frames(3)
+    d.screenshot("controlnet_example.png")
+    report["states"] = {n: s.state for n, s in c.status.items()}
+    report["outputs"] = sorted(str(p) for p in c.invoker.settings.outputs_dir.rglob("*.png"))
+    report["edges"] = str(c.invoker.images.path(c.status["edges"].image_name))
+    report["loaded_modules"] = [m for m in NO_TORCH if m in sys.modules]
+    return report
 
 
 def scenario_import_run(d: Driver) -> dict:
