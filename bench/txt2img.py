@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, few steps (checks the script)")
     parser.add_argument("--defaults", action="store_true", help="only: default settings vs plain diffusers")
-    parser.add_argument("--quick", action="store_true", help="with --defaults: only the images from launch to compiled")
+    parser.add_argument("--quick", action="store_true", help="with --defaults: leave out the new size and the attention backends")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="GIL switch interval while a compile runs (nodes/core/compiled.py's default otherwise)")
     parser.add_argument("--large", action="store_true", help="only: 1024x1024 and batch 4")
@@ -203,6 +204,8 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
     kernels of this one; a new size; plain diffusers eager and compiled on the same weights."""
     import subprocess
 
+    from sampler import StackSampler
+
     runner = NodeRunner(root, models, device, data_dir)
     launched = time.perf_counter()
     images, compiled = [], None
@@ -211,7 +214,12 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
             emit("default_compile_failed", after_s=round(time.perf_counter() - launched, 1))
             break
         ran_compiled = runner.compiled_ready(model)
-        image, stamps, wall = runner.run(model, size, steps, 1, mode)
+        if images:
+            image, stamps, wall = runner.run(model, size, steps, 1, mode)
+        else:
+            with StackSampler() as sampler:
+                image, stamps, wall = runner.run(model, size, steps, 1, mode)
+            emit("first_image_where", **sampler.report())
         images.append(image)
         emit("default_image", index=len(images), started_s=round(time.perf_counter() - wall - launched, 2), compiled=ran_compiled,
              it_per_s=rate(stamps), seconds=round(wall, 2))
@@ -228,9 +236,6 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
     graphed = [runner.run(model, size, steps, 1, "graphs") for _ in range(2)]  # captured, then replayed
     emit("node_cuda_graphs", size=size, first_it_per_s=rate(graphed[0][1]), it_per_s=rate(graphed[1][1]),
          psnr_vs_eager_db=psnr(graphed[1][0], eager))
-    if quick:
-        return
-
     started = time.perf_counter()  # a new process, with the kernels this one left in the cache folder
     out = subprocess.run([sys.executable, __file__, "--probe", str(models), str(data_dir), str(size), str(steps),
                           str(time.time()), mode or "settings"], capture_output=True, text=True)
@@ -238,7 +243,9 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
     emit("new_process", total_seconds=round(time.perf_counter() - started, 1), rows=lines,
          error=out.stderr[-2000:] if out.returncode else None)
 
-    diffusers_cases(models / model, device, size, steps, images[0])
+    diffusers_cases(models / model, device, size, steps, eager)
+    if quick:
+        return
 
     other = size + size // 2  # a new size: must not stall; how long until it runs compiled
     started = time.perf_counter()
@@ -255,14 +262,24 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
 def new_process_probe(models: Path, data_dir: Path, size: int, steps: int, launched: float, mode: str) -> int:
     """In a new process: seconds from its launch to the first image and to the first compiled image."""
     started = time.perf_counter() - (time.time() - launched)  # the launch, on this process's clock
+    from sampler import StackSampler
+
     mode = None if mode == "settings" else mode
-    root = Path(tempfile.mkdtemp(prefix="bench-probe-"))
-    runner = NodeRunner(root, models, "cuda" if torch.cuda.is_available() else "cpu", data_dir)
-    model = next(p.name for p in models.iterdir() if p.is_dir())
-    _, stamps, wall = runner.run(model, size, steps, 1, mode)
-    emit("probe_first_image", seconds_from_start=round(time.perf_counter() - started, 1), it_per_s=rate(stamps))
-    all(d.wait(600) for d in runner.denoisers(model).values() if hasattr(d, "wait"))
-    ready = time.perf_counter() - started
+    phases = {"imports": time.perf_counter() - started}
+    with StackSampler() as sampler:
+        root = Path(tempfile.mkdtemp(prefix="bench-probe-"))
+        runner = NodeRunner(root, models, "cuda" if torch.cuda.is_available() else "cpu", data_dir)
+        model = next(p.name for p in models.iterdir() if p.is_dir())
+        phases["services"] = time.perf_counter() - started
+        runner.services.models.load(model)
+        phases["model_loaded"] = time.perf_counter() - started
+        _, stamps, wall = runner.run(model, size, steps, 1, mode)
+        phases["first_image"] = time.perf_counter() - started
+        emit("probe_first_image", seconds_from_start=round(time.perf_counter() - started, 1), it_per_s=rate(stamps))
+        all(d.wait(600) for d in runner.denoisers(model).values() if hasattr(d, "wait"))
+        ready = time.perf_counter() - started
+    emit("probe_phases", **{name: round(at, 2) for name, at in phases.items()}, compiled_ready=round(ready, 2))
+    emit("probe_where", **sampler.report())
     _, stamps, wall = runner.run(model, size, steps, 1, mode)
     emit("probe_compiled", compiled=runner.compiled_ready(model), ready_seconds_from_start=round(ready, 1),
          seconds_from_start=round(time.perf_counter() - started, 1), it_per_s=rate(stamps))
@@ -328,10 +345,13 @@ def diffusers_cases(folder: Path, device: str, size: int, steps: int, node_image
     """Plain diffusers on its own copy of the same weights: eager, then its UNet compiled (reduce-overhead)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
+    from nodes.core.diffusion import make_noise
+
     dtype = torch.float16 if device == "cuda" else torch.float32
     plain = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None).to(device)
     plain.scheduler = EulerDiscreteScheduler.from_config(plain.scheduler.config)
     plain.set_progress_bar_config(disable=True)
+    start = make_noise(1, (1, 4, size // 8, size // 8)).to(device, dtype)  # the node's starting latents (seed 1)
 
     def run(n_steps: int) -> tuple[list[float], np.ndarray]:
         stamps: list[float] = []
@@ -345,7 +365,7 @@ def diffusers_cases(folder: Path, device: str, size: int, steps: int, node_image
             return kwargs
 
         image = plain(PROMPT, num_inference_steps=n_steps, guidance_scale=7.5, height=size, width=size,
-                      generator=torch.Generator("cpu").manual_seed(1), callback_on_step_end=on_step).images[0]
+                      latents=start, callback_on_step_end=on_step).images[0]
         return stamps, np.asarray(image)
 
     run(3)
@@ -399,20 +419,20 @@ def large_cases(runner: NodeRunner, model: str, large: int, size: int, steps: in
 
 def sdxl_cases(root: Path) -> None:
     """SDXL 1024, 20 steps, each first call in a new process (prompt in -> PNG on disk): the node
-    uncompiled, with and without cuDNN's autotuning, and plain diffusers."""
+    at default settings, uncompiled with and without cuDNN's autotuning, and plain diffusers."""
     import subprocess
 
     from diffusion_graph import build
 
     models = root / "sdxl-models"
     build(models, root / "configs", "sdxl")
-    for who in ("node_eager", "node_eager_no_cudnn_benchmark", "diffusers"):
+    for who in ("node_default", "node_eager", "node_eager_cudnn_benchmark", "diffusers"):
         out = subprocess.run([sys.executable, __file__, "--first-call", str(models), who, "20"], capture_output=True, text=True)
         for line in out.stdout.splitlines():
             if line.startswith("{"):
                 print(line, flush=True)
         if out.returncode:
-            emit("sdxl_first_call_failed", who=who, error=out.stderr[-2000:])
+            emit("sdxl_first_call_failed", who=who, returncode=out.returncode, error=out.stderr[-2000:])
 
 
 def sdxl_first_call(models: Path, who: str, steps: int) -> int:
@@ -420,15 +440,21 @@ def sdxl_first_call(models: Path, who: str, steps: int) -> int:
     size = 1024
     timings = []
     if who.startswith("node"):
-        if who.endswith("no_cudnn_benchmark"):
+        if who.endswith("cudnn_benchmark"):
             import nodes.core.diffusion as diffusion
 
-            diffusion.CUDNN_BENCHMARK = False
+            diffusion.CUDNN_BENCHMARK = True
         root = Path(tempfile.mkdtemp(prefix="bench-sdxl-"))
         runner = NodeRunner(root, models, "cuda", root / "data")
         runner.services.models.load("sdxl-random")  # loading is not the call
         mode = "off" if who.startswith("node_eager") else None
-        for _ in range(3):
+        from sampler import StackSampler
+
+        with StackSampler() as sampler:
+            _, stamps, wall = runner.run("sdxl-random", size, steps, 1, mode)
+        timings.append((wall, rate(stamps)))
+        emit("sdxl_first_call_where", who=who, **sampler.report(12))
+        for _ in range(2):
             _, stamps, wall = runner.run("sdxl-random", size, steps, 1, mode)
             timings.append((wall, rate(stamps)))
     else:
@@ -451,7 +477,10 @@ def sdxl_first_call(models: Path, who: str, steps: int) -> int:
             timings.append((time.perf_counter() - started, rate(stamps)))
     emit("sdxl_call", who=who, size=size, steps=steps, first_seconds=round(timings[0][0], 2),
          warm_seconds=round(min(t for t, _ in timings[1:]), 2), warm_it_per_s=max(r for _, r in timings[1:]))
-    return 0
+    # as the AI worker quits: a compile may still run on its thread, and the interpreter's teardown
+    # under it ends the process with a signal
+    logging.shutdown()
+    os._exit(0)
 
 
 def cpu_cases() -> int:

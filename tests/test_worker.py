@@ -118,7 +118,8 @@ def test_previews_cross_as_small_frames_about_twenty_a_second(invoker):
     session = run_graph(invoker, [{"id": "s", "type": "test_worker_steps", "steps": 40, "step_s": 0.01}],
                         listener=lambda e: events.append(e) if e.type == NODE_PROGRESS else None)
     assert row(session, "s").state == COMPLETED
-    assert [e.data["step"] for e in events] == list(range(1, 41))  # every step is reported
+    # every step is reported (after "importing the AI libraries" at step 0 while a new worker warms up)
+    assert [e.data["step"] for e in events if e.data["step"]] == list(range(1, 41))
     previews = [e.data["preview"] for e in events if "preview" in e.data]
     assert 4 <= len(previews) <= 15  # ~0.4 s of steps: about one preview per 50 ms, plus the last
     assert "preview" in events[-1].data  # the final frame always arrives

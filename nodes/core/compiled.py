@@ -210,34 +210,40 @@ class BackgroundCompiled:
     """A denoiser and its compiled twin; `pick` says which one to run for the given inputs."""
 
     def __init__(self, eager: torch.nn.Module, mode: str, cache_dir: Path | None, backend: str = "inductor") -> None:
-        import torch._dynamo.config as dynamo_config
-        import torch._inductor.config as inductor_config
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
         _fx_patches_stay_in_their_thread()
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convolutions run faster as matrix products
-        if cache_dir is not None:
-            # kernels in the app's cache folder (kept across reboots), unless the user chose a folder;
-            # torch writes its /tmp default into the variable on first use, so that one is replaced
-            if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "torchinductor")
-            load_artifacts(cache_dir)
         self.eager = eager
         self.graphs = CudaGraphs(eager)  # what runs while a build is under way
-        # The CUDA-graph modes are compiled without torch's own graphs (its graph trees keep per-thread
-        # state, and the build runs on another thread than the loop): CudaGraphs captures the compiled
-        # module in the loop's thread instead, as it does the eager one.
-        graphed, inductor_mode = GRAPHED_MODES.get(mode, (False, mode))
-        options = {"mode": inductor_mode} if backend == "inductor" else {}  # other backends: tests without a C compiler
-        self.compiled = torch.compile(eager, backend=backend, fullgraph=False, dynamic=False, **options)
-        self.compiled_graphs = CudaGraphs(self.compiled) if graphed else None
-        self.cache_dir = cache_dir
+        self.mode, self.backend, self.cache_dir = mode, backend, cache_dir
+        # made by the first build, off the loop's thread: importing torch's compiler takes seconds
+        self.compiled: Callable[..., Any] | None = None
+        self.compiled_graphs: CudaGraphs | None = None
         self._states: dict[tuple[Any, ...], str] = {}  # signature -> "building" | "ready"
         self._failed = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.build_seconds: dict[tuple[Any, ...], float] = {}
+
+    def _make_compiled(self) -> Callable[..., Any]:
+        import torch._dynamo.config as dynamo_config
+        import torch._inductor.config as inductor_config
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convolutions run faster as matrix products
+        if self.cache_dir is not None:
+            # kernels in the app's cache folder (kept across reboots), unless the user chose a folder;
+            # torch writes its /tmp default into the variable on first use, so that one is replaced
+            if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir / "torchinductor")
+            load_artifacts(self.cache_dir)
+        # The CUDA-graph modes are compiled without torch's own graphs (its graph trees keep per-thread
+        # state, and the build runs on another thread than the loop): CudaGraphs captures the compiled
+        # module in the loop's thread instead, as it does the eager one.
+        graphed, inductor_mode = GRAPHED_MODES.get(self.mode, (False, self.mode))
+        options = {"mode": inductor_mode} if self.backend == "inductor" else {}  # other backends: tests without a C compiler
+        compiled = torch.compile(self.eager, backend=self.backend, fullgraph=False, dynamic=False, **options)
+        self.compiled_graphs = CudaGraphs(compiled) if graphed else None
+        return compiled
 
     def pick(self, *inputs: Any) -> Callable[..., Any]:
         """The compiled module when it is built for inputs of these shapes; else the eager one, as a
@@ -261,6 +267,8 @@ class BackgroundCompiled:
         started = time.perf_counter()
         try:
             with _BUILD_LOCK, torch.inference_mode(), _short_gil_turns():
+                if self.compiled is None:
+                    self.compiled = self._make_compiled()
                 self.compiled(*inputs)  # compiles (or loads from the caches) and warms up
                 if inputs[0].device.type == "cuda":
                     torch.cuda.synchronize(inputs[0].device)

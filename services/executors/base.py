@@ -5,6 +5,7 @@ node in this process, in a child process, or on another machine (a Ray actor).
 """
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -13,6 +14,9 @@ from typing import Any, Callable
 from nodes.base import BaseInvocation
 from services.engine.context import Index, NodeContext, ProgressReport
 from services.models.manager import ModelInfo, UnrecognizedFile
+
+
+log = logging.getLogger(__name__)
 
 
 class NodeFailedError(Exception):
@@ -74,3 +78,19 @@ def invoke_node(invocation: BaseInvocation, context: NodeContext) -> list[dict[s
     if not isinstance(produced, list) or any(type(r) is not cls.output_class for r in produced):
         raise TypeError(f"invoke returned {type(result).__name__}, expected {cls.output_class.__name__}")
     return [r.model_dump(mode="json") for r in produced]
+
+
+def warm_up(services: Any) -> threading.Thread:
+    """Import the generation libraries on a background thread of the AI process, so that the first
+    run after launch pays only for its model.  Returns the thread (tests and benchmarks join it)."""
+    def run() -> None:
+        try:
+            from services.models.loading import import_for_generation
+
+            import_for_generation(services.models.compile_mode)
+        except Exception:  # the run that needs them reports what is wrong
+            log.debug("warm-up imports failed", exc_info=True)
+
+    thread = threading.Thread(target=run, name="warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -33,7 +33,7 @@ from services.engine.context import ProgressReport
 from services.models.manager import ModelInfo, UnrecognizedFile
 from services.stores.images import DiskImageStore
 
-from .base import Executor, NodeCall, NodeFailedError
+from .base import Executor, NodeCall, NodeFailedError, warm_up
 from .local import InProcessExecutor
 from .worker import decode_preview, raise_reply
 from .worker_process import encode_preview, run_request, progress_reporter
@@ -95,24 +95,12 @@ class NodeWorker:
         from nodes.discovery import load_all_nodes
 
         load_all_nodes(settings.plugins_dir)
-        self.warm = threading.Event()
-        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self.services = Services.local(settings)
+        self.warming = warm_up(self.services)
         self.configure(settings, marker)
         self.cancels: dict[int, threading.Event] = {}
         self.running: dict[str, Any] | None = None
         self.nodes_run = 0
-
-    def _warm_up(self) -> None:
-        """Import torch and diffusers now: every node sent here needs them, and the first one
-        should pay only for its model."""
-        try:
-            import nodes.core.diffusion  # noqa: F401
-            from services.models.loading import pipeline_class
-
-            pipeline_class("sd1")
-        finally:
-            self.warm.set()
 
     def configure(self, settings: Settings, marker: tuple[str, str] | None) -> None:
         """marker: (path, text) of a file in the app's outputs folder; None to ship every image."""
@@ -130,7 +118,7 @@ class NodeWorker:
         """Run one node; yields its progress messages, then its reply (a Ray streaming generator)."""
         import ray
 
-        self.warm.wait()  # a node importing diffusers beside the warm-up thread breaks diffusers' imports
+        self.warming.join()  # a node importing diffusers beside the warm-up thread breaks diffusers' imports
         images = self.services.images
         for name, ref in request["images"].items():
             if not images.exists(name):
@@ -180,7 +168,7 @@ class NodeWorker:
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(),
                 "device": f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU",
                 "models": stats.ids_on_gpu + stats.ids_in_ram, "load_s": self.services.models.load_seconds,
-                "running": self.running, "nodes_run": self.nodes_run, "warm": self.warm.is_set(),
+                "running": self.running, "nodes_run": self.nodes_run, "warm": not self.warming.is_alive(),
                 "shared_outputs": self.shared}
 
     def list_models(self, kind: str | None) -> list[ModelInfo]:

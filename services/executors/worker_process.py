@@ -18,6 +18,7 @@ from PIL import Image
 
 from nodes.base import REGISTRY, CanceledError, NodeInputError
 from services.config import Settings
+from services.executors.base import warm_up
 from services.logfile import failure_line
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class WorkerState:
         self.pipe = _Pipe(conn)
         self.outbox = _Outbox(self.pipe)
         self.services = Services.local(settings)
+        self.warming = warm_up(self.services)
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.running: dict[int, _Job] = {}
 
@@ -165,8 +167,11 @@ class WorkerState:
 
     def run(self, job: _Job) -> None:
         request_id = job.message["id"]
-        reply = run_request(self.services, job.message, self._graph_asker(job),
-                            progress_reporter(self.outbox.put, request_id), job.cancel)
+        report = progress_reporter(self.outbox.put, request_id)
+        while self.warming.is_alive():  # a node importing diffusers beside the warm-up thread breaks diffusers' imports
+            report(0, 0, "importing the AI libraries", None)  # a sign of life for the hang watch
+            self.warming.join(1.0)
+        reply = run_request(self.services, job.message, self._graph_asker(job), report, job.cancel)
         self.outbox.put({**reply, "id": request_id})
 
     def _graph_asker(self, job: _Job) -> Callable[[], Any]:

@@ -24,6 +24,17 @@ def _quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
 
 
+def import_for_generation(compile_mode: str) -> None:
+    """Import what a first generation needs besides its model: diffusers' pipelines and the denoise
+    loop, and torch's compiler when the denoiser is compiled (seconds each, on a cold disk more)."""
+    import nodes.core.diffusion  # noqa: F401
+
+    pipeline_class("sd1")
+    if compile_mode not in ("off", "graphs"):
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.config  # noqa: F401
+
+
 def pipeline_class(base: str, variant: str = "normal") -> type:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
