@@ -113,6 +113,13 @@ def test_cancel_across_the_process_stops_within_one_step(invoker):
     assert row(run_graph(invoker, [{"id": "p", "type": "test_worker_pid"}]), "p").state == COMPLETED  # same worker goes on
 
 
+def test_a_new_worker_has_imported_the_generation_libraries_before_its_first_node(invoker):
+    """The worker imports them as it starts, so a first generation pays only for its model; a node
+    arriving meanwhile waits for them (importing diffusers from two threads at once breaks it)."""
+    names = "diffusers,transformers,nodes.core.diffusion"
+    assert row(run_graph(invoker, [{"id": "m", "type": "test_worker_modules", "names": names}]), "m").outputs["value"] == names
+
+
 def test_previews_cross_as_small_frames_about_twenty_a_second(invoker):
     events = []
     session = run_graph(invoker, [{"id": "s", "type": "test_worker_steps", "steps": 40, "step_s": 0.01}],

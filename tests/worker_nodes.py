@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import ClassVar, Literal
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from nodes.base import BaseInvocation, InputField
 from nodes.context import InvocationContext
-from nodes.outputs import IntOutput
+from nodes.outputs import IntOutput, StringOutput
 
 BALLAST: list[bytearray] = []  # memory the worker holds until it stops
 
@@ -75,3 +76,16 @@ class WorkerHangInvocation(BaseInvocation):
     def invoke(self, context: InvocationContext) -> IntOutput:
         time.sleep(self.seconds)
         return IntOutput(value=0)
+
+
+class WorkerModulesInvocation(BaseInvocation):
+    """Which of the comma-separated module names are imported in the process it runs in."""
+
+    type: Literal["test_worker_modules"] = "test_worker_modules"
+    category: ClassVar[str] = "test"
+    cacheable: ClassVar[bool] = False
+    runs_in_worker: ClassVar[bool] = True
+    names: str = InputField("")
+
+    def invoke(self, context: InvocationContext) -> StringOutput:
+        return StringOutput(value=",".join(name for name in self.names.split(",") if name in sys.modules))
