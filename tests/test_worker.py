@@ -126,6 +126,7 @@ def test_previews_cross_as_small_frames_about_twenty_a_second(invoker):
                         listener=lambda e: events.append(e) if e.type == NODE_PROGRESS else None)
     assert row(session, "s").state == COMPLETED
     # every step is reported (after "importing the AI libraries" at step 0 while a new worker warms up)
+    assert all(e.data["message"] == "importing the AI libraries" for e in events if not e.data["step"])
     assert [e.data["step"] for e in events if e.data["step"]] == list(range(1, 41))
     previews = [e.data["preview"] for e in events if "preview" in e.data]
     assert 4 <= len(previews) <= 15  # ~0.4 s of steps: about one preview per 50 ms, plus the last
