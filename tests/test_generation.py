@@ -10,6 +10,7 @@ import pytest
 from services.config import Settings
 from services.container import IN_PROCESS, WORKER, Services
 from services.engine.events import NODE_PROGRESS
+from services.executors.base import WARMING_UP
 from services.invoker import Invoker
 
 
@@ -69,7 +70,7 @@ def test_txt2img_makes_an_image_of_the_asked_size_with_previews(invoker, service
     image = pixels(services, session.results["1"][0])
     assert image.shape == (96, 64, 3)
     # a new AI worker may still be importing diffusers when the node arrives: it says so at step 0
-    assert all(e.data["message"] == "importing the AI libraries" for e in progress if not e.data["step"])
+    assert all(e.data["message"] == WARMING_UP for e in progress if not e.data["step"])
     progress = [e for e in progress if e.data["step"]]
     assert [e.data["step"] for e in progress] == [1, 2, 3, 4] and {e.data["total"] for e in progress} == {4}
     previews = [e for e in progress if "preview" in e.data]

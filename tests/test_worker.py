@@ -19,6 +19,7 @@ from services.config import Settings
 from services.container import IN_PROCESS, WORKER, Services
 from services.engine.events import NODE_PROGRESS, SESSION_CANCELED
 from services.engine.session import COMPLETED, FAILED, SKIPPED
+from services.executors.base import WARMING_UP
 from services.invoker import Invoker
 from tests import worker_nodes  # noqa: F401 - registers the worker test nodes here; the worker imports them itself
 
@@ -125,8 +126,8 @@ def test_previews_cross_as_small_frames_about_twenty_a_second(invoker):
     session = run_graph(invoker, [{"id": "s", "type": "test_worker_steps", "steps": 40, "step_s": 0.01}],
                         listener=lambda e: events.append(e) if e.type == NODE_PROGRESS else None)
     assert row(session, "s").state == COMPLETED
-    # every step is reported (after "importing the AI libraries" at step 0 while a new worker warms up)
-    assert all(e.data["message"] == "importing the AI libraries" for e in events if not e.data["step"])
+    # every step is reported (after the warm-up's message at step 0 while a new worker imports)
+    assert all(e.data["message"] == WARMING_UP for e in events if not e.data["step"])
     assert [e.data["step"] for e in events if e.data["step"]] == list(range(1, 41))
     previews = [e.data["preview"] for e in events if "preview" in e.data]
     assert 4 <= len(previews) <= 15  # ~0.4 s of steps: about one preview per 50 ms, plus the last

@@ -94,3 +94,15 @@ def warm_up(services: Any) -> threading.Thread:
     thread = threading.Thread(target=run, name="warm-up", daemon=True)
     thread.start()
     return thread
+
+
+WARMING_UP = "importing the AI libraries"  # a node's progress message while it waits for the warm-up
+
+
+def wait_for_warm_up(warming: threading.Thread, report: ProgressReport) -> None:
+    """Hold a node that arrives while the warm-up still imports: importing diffusers from two threads at
+    once breaks it.  The node says so meanwhile (a sign of life for the worker's hang watch too)."""
+    while warming.is_alive():
+        report(0, 0, WARMING_UP, None)
+        warming.join(1.0)
+

@@ -18,7 +18,7 @@ from PIL import Image
 
 from nodes.base import REGISTRY, CanceledError, NodeInputError
 from services.config import Settings
-from services.executors.base import warm_up
+from services.executors.base import wait_for_warm_up, warm_up
 from services.logfile import failure_line
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,7 @@ class WorkerState:
     def run(self, job: _Job) -> None:
         request_id = job.message["id"]
         report = progress_reporter(self.outbox.put, request_id)
-        while self.warming.is_alive():  # a node importing diffusers beside the warm-up thread breaks diffusers' imports
-            report(0, 0, "importing the AI libraries", None)  # a sign of life for the hang watch
-            self.warming.join(1.0)
+        wait_for_warm_up(self.warming, report)
         reply = run_request(self.services, job.message, self._graph_asker(job), report, job.cancel)
         self.outbox.put({**reply, "id": request_id})
 
