@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -236,6 +237,8 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
     graphed = [runner.run(model, size, steps, 1, "graphs") for _ in range(2)]  # captured, then replayed
     emit("node_cuda_graphs", size=size, first_it_per_s=rate(graphed[0][1]), it_per_s=rate(graphed[1][1]),
          psnr_vs_eager_db=psnr(graphed[1][0], eager))
+    if device == "cuda":
+        decode_cases(runner, model, size)
     started = time.perf_counter()  # a new process, with the kernels this one left in the cache folder
     out = subprocess.run([sys.executable, __file__, "--probe", str(models), str(data_dir), str(size), str(steps),
                           str(time.time()), mode or "settings"], capture_output=True, text=True)
@@ -257,6 +260,34 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
 
     if device == "cuda":
         attention_cases()
+
+
+def decode_cases(runner: NodeRunner, model: str, size: int) -> None:
+    """The VAE decode of one image, eager and compiled (what the node does after the last step)."""
+    from nodes.core.diffusion import decode_latents
+
+    os.environ.pop("INVOKE_NODES_COMPILE", None)  # the settings' default
+    vae = runner.services.models.load(model).vae
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(4))
+    mode = runner.services.models.compile_mode
+    decode_latents(vae, latents, compile_mode=mode, cache_dir=runner.services.models.cache_dir)
+    built = all(d.wait(600) for d in vae.__dict__.get("_invoke_nodes_decoders", {}).values())
+
+    def seconds(compile_mode: str) -> tuple[float, Any]:
+        images = [decode_latents(vae, latents, compile_mode=compile_mode, cache_dir=runner.services.models.cache_dir)
+                  for _ in range(3)]
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(10):
+            decode_latents(vae, latents, compile_mode=compile_mode, cache_dir=runner.services.models.cache_dir)
+        return (time.perf_counter() - started) / 10, np.asarray(images[-1])
+
+    eager_s, eager = seconds("off")
+    compiled_s, compiled = seconds(mode)
+    emit("vae_decode", size=size, compiled_ready=built, eager_ms=round(eager_s * 1000, 1),
+         compiled_ms=round(compiled_s * 1000, 1), psnr_vs_eager_db=psnr(compiled, eager),
+         build_seconds=[round(v, 1) for d in vae.__dict__.get("_invoke_nodes_decoders", {}).values()
+                        for v in d.build_seconds.values()])
 
 
 def new_process_probe(models: Path, data_dir: Path, size: int, steps: int, launched: float, mode: str) -> int:
@@ -282,7 +313,8 @@ def new_process_probe(models: Path, data_dir: Path, size: int, steps: int, launc
     emit("probe_where", **sampler.report())
     _, stamps, wall = runner.run(model, size, steps, 1, mode)
     emit("probe_compiled", compiled=runner.compiled_ready(model), ready_seconds_from_start=round(ready, 1),
-         seconds_from_start=round(time.perf_counter() - started, 1), it_per_s=rate(stamps))
+         seconds_from_start=round(time.perf_counter() - started, 1), it_per_s=rate(stamps),
+         precompiled=[v for d in runner.denoisers(model).values() for v in getattr(d, "precompiled", {}).values()])
     return 0
 
 

@@ -186,7 +186,8 @@ class VAEDecodeInvocation(BaseInvocation):
             raise NodeInputError("seamless", "a tiled decode cannot wrap around the image's edges: turn tiled off")
         latents = get_latents(context, "latents", self.latents)
         with pins.vae(context, self.vae) as vae:
-            images = decode_latents(vae, latents, tiled=self.tiled, seamless_axes=self.seamless)
+            images = decode_latents(vae, latents, tiled=self.tiled, seamless_axes=self.seamless,
+                                    compile_mode=context.models.compile_mode, cache_dir=context.models.cache_dir)
         return ImageOutput.of(context.images.save(images[0]), images[0])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import threading
 import time
 
@@ -168,6 +169,27 @@ def test_txt2img_as_cuda_graphs_draws_the_eager_pixels(tmp_path):
     assert isinstance(next(iter(pipe.unet.__dict__["_invoke_nodes_denoisers"]["graphs"]._graphs.values())), GraphedCall)
 
 
+
+@needs_cuda
+def test_the_vae_decode_compiles_in_the_background_and_draws_the_eager_pixels(tmp_path):
+    import numpy as np
+
+    from nodes.core.compiled import BackgroundCompiled
+    from nodes.core.diffusion import decode_latents
+    from services.models.demo import tiny_vae
+
+    vae = tiny_vae().to("cuda", torch.float16).eval()
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2))
+    eager = np.asarray(decode_latents(vae, latents)[0], dtype=np.int16)
+    first = np.asarray(decode_latents(vae, latents, compile_mode="reduce-overhead", cache_dir=tmp_path)[0], dtype=np.int16)
+    assert np.array_equal(first, eager)  # eager while it compiles
+    (decoder,) = vae.__dict__["_invoke_nodes_decoders"].values()
+    assert isinstance(decoder, BackgroundCompiled) and decoder.graphs is None and decoder.wait(600) and not decoder.failed
+    compiled = np.asarray(decode_latents(vae, latents, compile_mode="reduce-overhead", cache_dir=tmp_path)[0], dtype=np.int16)
+    assert np.abs(compiled - eager).max() <= 2
+    assert decoder.precompiled  # saved in the cache folder for the next process
+
+
 def test_previews_are_made_only_when_shown(tmp_path):
     reports = []
     context = NodeContext(session_id="s", node_id="n", index=(), images=None, objects=None, models=lambda: None,
@@ -225,3 +247,65 @@ def test_without_the_thread_rule_the_same_call_fails():
             "try:\n    t._eager_call_while_another_thread_traces()\nexcept NameError as e:\n    print('NameError', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "NameError module is not installed as a submodule" in out.stdout, out.stderr[-2000:]
+
+
+PRECOMPILE_RUN = """
+import json, sys, time
+sys.path.insert(0, '.')
+from pathlib import Path
+import torch
+from nodes.core.diffusion import denoiser_for
+from services.config import Settings
+from services.models.demo import write_tiny_sd1_diffusers
+from services.models.manager import LocalModelManager
+
+seed, root = int(sys.argv[1]), Path(sys.argv[2])
+write_tiny_sd1_diffusers(root / f'models-{seed}' / 'tiny-sd1', seed=seed)
+settings = Settings(data_dir=root / 'data', config_dir=root, models_dir=root / f'models-{seed}', outputs_dir=root,
+                    sessions_dir=root, plugins_dir=root)
+models = LocalModelManager(settings)
+unet = models.load('tiny-sd1').unet
+g = torch.Generator().manual_seed(1)
+with torch.inference_mode():  # as the denoising loop runs
+    inputs = (torch.randn(1, 4, 16, 16, generator=g), torch.tensor(500.0),
+              torch.randn(2, 77, unet.config.cross_attention_dim, generator=g), torch.tensor(7.5), None, None, None, None)
+    denoiser = denoiser_for(unet, 'reduce-overhead', models.cache_dir)  # as the denoising loop gets it
+    assert denoiser.pick(*inputs) is denoiser.eager
+    assert denoiser.wait(600) and not denoiser.failed
+    module = denoiser.pick(*inputs)
+    difference = float((module(*inputs) - denoiser.eager(*inputs)).abs().max())
+    ran_compiled = all(f is not denoiser.eager for f in denoiser.compiled.by_signature.values())
+    unet.to(memory_format=torch.channels_last)  # weights laid out otherwise than the function was built for
+    relaid = float((module(*inputs) - denoiser.eager(*inputs)).abs().max())
+    fell_back = all(f is denoiser.eager for f in denoiser.compiled.by_signature.values())
+print(json.dumps({'relaid': relaid, 'fell_back': fell_back, 'ran_compiled': ran_compiled, 'precompiled': list(denoiser.precompiled.values()), 'build_seconds': list(denoiser.build_seconds.values()),
+                  'compiled': module is denoiser.compiled, 'difference': difference}))
+"""
+
+needs_c_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "g++", "clang")),
+                                      reason="inductor on the CPU needs a C compiler")
+
+
+@needs_c_compiler
+def test_a_new_process_loads_the_compiled_denoiser_from_the_cache_folder(tmp_path):
+    """Compiled ahead of time and saved in the cache folder; a new process (another model of the same
+    architecture: other weights) loads it instead of compiling, and it computes with its own weights."""
+    import json
+    import subprocess
+    import sys
+
+    def run(seed: int) -> dict:
+        out = subprocess.run([sys.executable, "-c", PRECOMPILE_RUN, str(seed), str(tmp_path)], capture_output=True,
+                             text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.splitlines()[-1])
+
+    first = run(0)
+    assert first["precompiled"] == ["saved"] and first["compiled"] and first["ran_compiled"] and first["difference"] < 1e-4
+    saved = list((tmp_path / "data" / "cache" / "precompiled").glob("Denoiser-*.bin"))
+    assert len(saved) == 1 and saved[0].stat().st_size > 0
+    second = run(5)
+    assert second["precompiled"] == ["loaded"] and second["ran_compiled"] and second["difference"] < 1e-4
+    # weights laid out otherwise afterwards: the function's guards catch it and the module runs uncompiled
+    assert second["fell_back"] and second["relaid"] == 0.0
+    assert second["build_seconds"][0] < first["build_seconds"][0] / 3, (first, second)

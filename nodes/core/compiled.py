@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import sys
@@ -206,24 +207,72 @@ class CudaGraphs:
         self._graphs.pop(_signature(inputs), None)
 
 
+# Compiled functions kept in the cache folder, one per model architecture and input shape (about
+# 50 MiB each for SD1.5's denoiser); past this many, the least recently used go.
+PRECOMPILED_DIR = "precompiled"
+PRECOMPILED_KEPT = 24
+
+
+def _plain_inputs(inputs: tuple[Any, ...]) -> bool:
+    """Only tensors and None: what a precompiled function is built for (ControlNet residual lists and
+    IP-Adapter tokens come with patched attention whose settings a saved function would not check)."""
+    return all(x is None or isinstance(x, torch.Tensor) for x in inputs)
+
+
+def _guard_failed(error: Exception) -> bool:
+    return isinstance(error, RuntimeError) and "GuardManager check failed" in str(error)
+
+
+class CompiledShapes(torch.nn.Module):
+    """What the builds made: per input signature, the function that runs the module compiled (a
+    precompiled function, or torch.compile's module)."""
+
+    def __init__(self, eager: torch.nn.Module) -> None:
+        super().__init__()
+        self.eager = eager
+        self.by_signature: dict[Any, Callable[..., Any]] = {}
+
+    def forward(self, *inputs: Any) -> Any:
+        key = _signature(inputs)
+        try:
+            return self.by_signature[key](*inputs)
+        except RuntimeError as error:
+            if not _guard_failed(error):
+                raise
+        # a saved function checks its inputs' and weights' layout first: when they changed, run eager
+        log.warning("the compiled %s no longer fits its weights; it runs uncompiled", type(self.eager).__name__)
+        self.by_signature[key] = self.eager
+        return self.eager(*inputs)
+
+
 class BackgroundCompiled:
     """A denoiser and its compiled twin; `pick` says which one to run for the given inputs."""
 
-    def __init__(self, eager: torch.nn.Module, mode: str, cache_dir: Path | None, backend: str = "inductor") -> None:
+    def __init__(self, eager: torch.nn.Module, mode: str, cache_dir: Path | None, backend: str = "inductor",
+                 graphs_meanwhile: bool = True) -> None:
         _fx_patches_stay_in_their_thread()
         self.eager = eager
-        self.graphs = CudaGraphs(eager)  # what runs while a build is under way
         self.mode, self.backend, self.cache_dir = mode, backend, cache_dir
-        # made by the first build, off the loop's thread: importing torch's compiler takes seconds
-        self.compiled: Callable[..., Any] | None = None
-        self.compiled_graphs: CudaGraphs | None = None
+        graphed, self.inductor_mode = GRAPHED_MODES.get(mode, (False, mode))
+        # what runs while a build is under way: the eager module, as a CUDA graph on a GPU unless told not to
+        self.graphs = CudaGraphs(eager) if graphs_meanwhile else None
+        self.compiled = CompiledShapes(eager)
+        self.compiled_graphs = CudaGraphs(self.compiled) if graphed else None
+        self._torch_compiled: Callable[..., Any] | None = None  # made on the build thread: importing torch's compiler takes seconds
+        self._configured = False
         self._states: dict[tuple[Any, ...], str] = {}  # signature -> "building" | "ready"
         self._failed = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.build_seconds: dict[tuple[Any, ...], float] = {}
+        self.precompiled: dict[tuple[Any, ...], str] = {}  # signature -> "loaded" | "saved"
 
-    def _make_compiled(self) -> Callable[..., Any]:
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A model keeps its compiled twins in its attributes, and saving a precompiled function pickles
+        # the model's attributes with the function's guards (which are dropped): nothing of this is needed.
+        return type(None), ()
+
+    def _configure(self) -> None:
         import torch._dynamo.config as dynamo_config
         import torch._inductor.config as inductor_config
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
@@ -236,40 +285,118 @@ class BackgroundCompiled:
             if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir / "torchinductor")
             load_artifacts(self.cache_dir)
-        # The CUDA-graph modes are compiled without torch's own graphs (its graph trees keep per-thread
-        # state, and the build runs on another thread than the loop): CudaGraphs captures the compiled
-        # module in the loop's thread instead, as it does the eager one.
-        graphed, inductor_mode = GRAPHED_MODES.get(self.mode, (False, self.mode))
-        options = {"mode": inductor_mode} if self.backend == "inductor" else {}  # other backends: tests without a C compiler
-        compiled = torch.compile(self.eager, backend=self.backend, fullgraph=False, dynamic=False, **options)
-        self.compiled_graphs = CudaGraphs(compiled) if graphed else None
-        return compiled
+        self._configured = True
+
+    def _compiled_for(self, key: tuple[Any, ...], inputs: tuple[Any, ...]) -> Callable[..., Any]:
+        """The function that runs these inputs compiled, called once (compiles, or loads, and warms up)."""
+        run = self._precompiled(key, inputs)
+        if run is not None:
+            return run
+        if self._torch_compiled is None:
+            # The CUDA-graph modes are compiled without torch's own graphs (its graph trees keep per-thread
+            # state, and the build runs on another thread than the loop): CudaGraphs captures the compiled
+            # module in the loop's thread instead, as it does the eager one.
+            options = {"mode": self.inductor_mode} if self.backend == "inductor" else {}  # other backends: tests without a C compiler
+            self._torch_compiled = torch.compile(self.eager, backend=self.backend, fullgraph=False, dynamic=False, **options)
+        self._torch_compiled(*inputs)
+        return self._torch_compiled
+
+    def _precompiled(self, key: tuple[Any, ...], inputs: tuple[Any, ...]) -> Callable[..., Any] | None:
+        """The compiled function for these inputs from the cache folder, or compiled ahead of time and
+        saved there: a new process loads it in about a second instead of tracing the model again.  None
+        where that cannot be done (no cache folder, a torch without it, a graph break, inputs that are
+        not plain tensors): the build compiles the usual way."""
+        if self.backend != "inductor" or self.cache_dir is None or not _plain_inputs(inputs) \
+                or not hasattr(torch.compiler, "load_compiled_function"):
+            return None
+        path = self._precompiled_path(key, inputs)
+        if path.is_file():
+            try:
+                with path.open("rb") as file:  # written by this app into its own cache folder
+                    function = torch.compiler.load_compiled_function(file)
+                function(self.eager, *inputs)
+            except Exception:
+                log.warning("the compiled function in %s did not load; compiling afresh", path, exc_info=True)
+            else:
+                os.utime(path)  # recently used: kept longest
+                self.precompiled[key] = "loaded"
+                return functools.partial(function, self.eager)
+        try:
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.enable_aot_compile = True  # off by default in torch 2.11
+            # guards on tensors (inputs' and weights' shapes, dtypes, layout) only: the others name
+            # this process's objects; the file's name holds what else the function is built for
+            keep = functools.partial(torch.compiler.keep_tensor_guards_unsafe, keep_parameters=True)
+            options = {**torch._inductor.list_mode_options(self.inductor_mode), "guard_filter_fn": keep}
+            function = torch.compile(self.eager, fullgraph=True, dynamic=False, options=options).forward.aot_compile((inputs, {}))
+            function(self.eager, *inputs)
+        except Exception:
+            log.info("compiling %s ahead of time failed; compiling it the usual way", type(self.eager).__name__,
+                     exc_info=True)
+            return None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            unfinished = path.with_suffix(".part")
+            function.save_compiled_function(str(unfinished))
+            os.replace(unfinished, path)  # a crash mid-write leaves no half file under the real name
+            self.precompiled[key] = "saved"
+            _prune(path.parent, PRECOMPILED_KEPT)
+        except Exception:
+            log.warning("saving the compiled function to %s failed", path, exc_info=True)
+        return functools.partial(function, self.eager)
+
+    def _precompiled_path(self, key: tuple[Any, ...], inputs: tuple[Any, ...]) -> Path:
+        """The file of the function compiled for this module (its code, structure and weights' layout),
+        these inputs, this mode, torch and GPU."""
+        import inspect
+
+        weights = [(tuple(t.shape), t.stride(), t.dtype, t.device.type) for t in (*self.eager.parameters(), *self.eager.buffers())]
+        processors = sorted({type(m.processor).__name__ for m in self.eager.modules() if hasattr(m, "processor")})
+        device = next(x.device for x in inputs if isinstance(x, torch.Tensor))
+        gpu = (torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
+        try:
+            import diffusers
+
+            versions = (torch.__version__, torch.version.cuda, diffusers.__version__)
+        except ImportError:
+            versions = (torch.__version__, torch.version.cuda, None)
+        try:
+            source = inspect.getsource(type(self.eager))
+        except (OSError, TypeError):  # a class made at run time: its name and structure stand for it
+            source = type(self.eager).__qualname__
+        identity = repr((versions, gpu, self.mode, key, repr(self.eager), weights, processors, source)).encode()
+        return self.cache_dir / PRECOMPILED_DIR / f"{type(self.eager).__name__}-{hashlib.sha256(identity).hexdigest()[:24]}.bin"
 
     def pick(self, *inputs: Any) -> Callable[..., Any]:
-        """The compiled module when it is built for inputs of these shapes; else the eager one, as a
-        CUDA graph on a GPU (and the build for these shapes starts in the background)."""
+        """The compiled module when it is built for inputs of these shapes; else the eager one (as a
+        CUDA graph on a GPU), and the build for these shapes starts in the background."""
         if self._failed:
-            return self.graphs.pick(*inputs)
+            return self._meanwhile(inputs)
         key = _signature(inputs)
         with self._lock:
             state = self._states.get(key)
             if state is None:
                 self._states[key] = "building"
         if state == "ready":
-            self.graphs.forget(*inputs)
+            if self.graphs is not None:
+                self.graphs.forget(*inputs)
             return self.compiled if self.compiled_graphs is None else self.compiled_graphs.pick(*inputs)
-        meanwhile = self.graphs.pick(*inputs)  # captured before the build starts to use the GPU
+        meanwhile = self._meanwhile(inputs)  # captured before the build starts to use the GPU
         if state is None:
             threading.Thread(target=self._build, args=(key, _copy(inputs)), name="compile-denoiser", daemon=True).start()
         return meanwhile
+
+    def _meanwhile(self, inputs: tuple[Any, ...]) -> Callable[..., Any]:
+        return self.eager if self.graphs is None else self.graphs.pick(*inputs)
 
     def _build(self, key: tuple[Any, ...], inputs: tuple[Any, ...]) -> None:
         started = time.perf_counter()
         try:
             with _BUILD_LOCK, torch.inference_mode(), _short_gil_turns():
-                if self.compiled is None:
-                    self.compiled = self._make_compiled()
-                self.compiled(*inputs)  # compiles (or loads from the caches) and warms up
+                if not self._configured:
+                    self._configure()
+                self.compiled.by_signature[key] = self._compiled_for(key, inputs)
                 if inputs[0].device.type == "cuda":
                     torch.cuda.synchronize(inputs[0].device)
                 if self.cache_dir is not None:
@@ -297,3 +424,9 @@ class BackgroundCompiled:
     @property
     def failed(self) -> bool:
         return self._failed
+
+
+def _prune(folder: Path, kept: int) -> None:
+    files = sorted(folder.glob("*.bin"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in files[kept:]:
+        old.unlink(missing_ok=True)
