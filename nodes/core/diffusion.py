@@ -395,7 +395,8 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 
 class VaeDecoder(torch.nn.Module):
-    """The VAE's decode as a module, to compile (a 512² decode: 20.8 ms eager, 7.6 ms compiled on an H200)."""
+    """The VAE's decode as a module, to compile (SD1.5's 512² decode in float32 on an H200: 30.6 ms eager,
+    17.6 ms compiled)."""
 
     def __init__(self, vae: Any) -> None:
         super().__init__()
