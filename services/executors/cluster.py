@@ -147,13 +147,15 @@ class NodeWorker:
                 message, preview = messages.get()
                 if preview is not None:
                     message["preview"] = encode_preview(preview)
-                yield message
                 if message["op"] != "progress":
-                    return
+                    break
+                yield message
         finally:
             self.cancels.pop(request["id"], None)
             self.running = None
-            self.nodes_run += 1
+        # counted before the reply goes out: whoever has the reply may ask for the count at once
+        self.nodes_run += 1
+        yield message
 
     def cancel(self, request_id: int) -> None:
         event = self.cancels.get(request_id)
