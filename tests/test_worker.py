@@ -20,6 +20,7 @@ from services.container import IN_PROCESS, WORKER, Services
 from services.engine.events import NODE_PROGRESS, SESSION_CANCELED
 from services.engine.session import COMPLETED, FAILED, SKIPPED
 from services.executors.base import WARMING_UP
+from services.executors.worker import WorkerGone
 from services.invoker import Invoker
 from tests import worker_nodes  # noqa: F401 - registers the worker test nodes here; the worker imports them itself
 
@@ -158,6 +159,17 @@ def test_stopping_the_worker_frees_its_memory(invoker):
     invoker.services.executor.shutdown()
     assert not alive(pid) and invoker.services.executor.worker_pid is None
     assert time.perf_counter() - started < 1.5  # it exits at once (quitting the canvas took ~4.6 s)
+
+
+def test_after_shutdown_a_late_question_starts_no_worker(invoker):
+    # the canvas asks for its model list on a thread at launch: quitting at once must not leave a new
+    # worker behind, which the interpreter's exit would wait for forever
+    import multiprocessing
+
+    invoker.shutdown()
+    with pytest.raises(WorkerGone, match="closing"):
+        invoker.list_models()
+    assert invoker.services.executor.worker_pid is None and multiprocessing.active_children() == []
 
 
 def test_the_worker_exits_by_itself_when_the_app_is_killed(tmp_path):

@@ -151,6 +151,8 @@ class WorkerExecutor(Executor):
         self.local = local
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        self._shut = False  # after shutdown no worker starts: a late call (a model list asked at launch) would
+        # start a child that nothing stops, and the app's exit would wait for it forever
         self._waiting: dict[str, queue.SimpleQueue[dict[str, Any]]] = {}  # session id -> its running node's replies
         atexit.register(self.shutdown)  # before multiprocessing's own exit hook joins its children
 
@@ -158,6 +160,8 @@ class WorkerExecutor(Executor):
 
     def _ensure(self) -> _Worker:
         with self._lock:
+            if self._shut:
+                raise WorkerGone("the app is closing: no new AI worker starts")
             if self._worker is None or self._worker.gone:
                 if self._worker is not None:
                     self._worker.stop(0.5)
@@ -173,6 +177,7 @@ class WorkerExecutor(Executor):
 
     def shutdown(self) -> None:
         with self._lock:
+            self._shut = True
             worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()
