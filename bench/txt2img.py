@@ -16,6 +16,7 @@ loaded back through the model manager, as a user's model is.  Prints one JSON li
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -289,8 +290,12 @@ def decode_cases(runner: NodeRunner, model: str, size: int) -> None:
 
     eager_s, eager = seconds("off")
     compiled_s, compiled = seconds(mode)
-    emit("vae_decode", size=size, compiled_ready=built, eager_ms=round(eager_s * 1000, 1),
+    full = copy.deepcopy(vae).float()  # what the node decoded SD1.5 in before (its config's force_upcast)
+    full.__dict__.pop("_invoke_nodes_decoders", None)
+    float32 = np.asarray(decode_latents(full, latents)[0])
+    emit("vae_decode", size=size, dtype=str(vae.dtype), compiled_ready=built, eager_ms=round(eager_s * 1000, 1),
          compiled_ms=round(compiled_s * 1000, 1), psnr_vs_eager_db=psnr(compiled, eager),
+         psnr_eager_vs_float32_db=psnr(eager, float32),
          build_seconds=[round(v, 1) for d in runner.decoders(model).values() for v in d.build_seconds.values()])
 
 

@@ -246,3 +246,65 @@ def test_a_corrupt_model_fails_naming_node_field_and_file_without_a_traceback(tm
         assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
     finally:
         invoker.shutdown()
+
+
+def _half_vae(scaling_factor: float = 0.18215, **scaled_weights: float):
+    """The tiny VAE in float16 and its float32 twin with the same (rounded) weights; scaled_weights:
+    a module path's weight multiplied first (to make float16 overflow)."""
+    import torch
+
+    from services.models.demo import tiny_vae
+
+    half = tiny_vae().eval()
+    half.register_to_config(scaling_factor=scaling_factor)
+    with torch.no_grad():
+        for path, factor in scaled_weights.items():
+            half.get_submodule(path).weight.mul_(factor)
+    half.half()
+    full = tiny_vae().eval()
+    full.register_to_config(scaling_factor=scaling_factor)
+    full.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+    return half, full
+
+
+def test_sd_vae_computes_in_float16_and_sdxl_vae_in_float32():
+    """diffusers' SD pipelines decode SD 1.x/2.x in float16 though its config asks for float32 by default;
+    SDXL's VAE (its own latent scale) overflows in float16 and is upcast as asked."""
+    import torch
+
+    from nodes.core.diffusion import decode_latents, encode_pixels
+
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    half, full = _half_vae()
+    assert half.config.force_upcast  # diffusers' default for a config that does not say
+    drawn = np.asarray(decode_latents(half, latents)[0], dtype=int)
+    encoded = encode_pixels(half, pixels)
+    assert half.dtype == torch.float16 and encoded.dtype == torch.float16
+    assert np.abs(drawn - np.asarray(decode_latents(full, latents)[0], dtype=int)).max() <= 2
+    assert torch.allclose(encoded.float(), encode_pixels(full, pixels), atol=1e-2)
+    sdxl, _ = _half_vae(scaling_factor=0.13025)
+    decode_latents(sdxl, latents)
+    assert sdxl.dtype == torch.float32
+
+
+def test_a_vae_that_overflows_in_float16_computes_again_in_float32_and_stays_there(caplog):
+    import torch
+
+    from nodes.core.diffusion import decode_latents, encode_pixels
+
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    half, full = _half_vae(**{"decoder.conv_in": 1e5})
+    with torch.inference_mode():
+        assert not torch.isfinite(half.decode((latents / 0.18215).half()).sample).all()  # it does overflow
+    drawn = np.asarray(decode_latents(half, latents)[0], dtype=int)
+    assert half.dtype == torch.float32 and "overflowed in float16" in caplog.text
+    assert np.array_equal(drawn, np.asarray(decode_latents(full, latents)[0], dtype=int))
+    decode_latents(half, latents)
+    assert half.dtype == torch.float32 and caplog.text.count("overflowed") == 1  # once, not per image
+
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    half, full = _half_vae(**{"encoder.conv_out": 1e5})
+    encoded = encode_pixels(half, pixels)
+    assert half.dtype == torch.float32 and torch.isfinite(encoded).all()
+    assert torch.equal(encoded, encode_pixels(full, pixels))

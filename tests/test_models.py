@@ -244,3 +244,36 @@ def test_models_load_in_half_precision_on_the_gpu(models_root, tmp_path):
     pipe = gpu.load("tiny-single")
     assert pipe.unet.device.type == "cuda" and pipe.unet.dtype == torch.float16
     assert gpu.cache_stats().ids_on_gpu == ["tiny-single"]
+
+
+def test_a_single_file_vae_named_for_sdxl_gets_sdxls_latent_scale(tmp_path):
+    """SD 1.x/2.x and SDXL VAEs share one architecture, so the file's name picks the config (as InvokeAI's
+    probe does): an SDXL model's latents (scaled by 0.13025) decode through `sdxl_vae.safetensors` to
+    the pixels the same weights give SD 1.x latents (0.18215) under any other name."""
+    import os
+
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from nodes.core.diffusion import decode_latents
+    from services.models.checkpoints import vae_to_ldm
+    from services.models.configs import config_folder
+
+    models = tmp_path / "models"
+    models.mkdir()
+    config = AutoencoderKL.load_config(config_folder("sd1", tmp_path / "configs") / "vae")
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(config)  # full size: the shipped configs are what a single file is read with
+    save_file({k: v.half().contiguous() for k, v in vae_to_ldm(vae.state_dict(), config).items()},
+              str(models / "sdxl_vae.safetensors"))
+    os.link(models / "sdxl_vae.safetensors", models / "vae-ft-mse.safetensors")  # the same weights, another name
+    manager = LocalModelManager(_settings(tmp_path, models))
+    assert sorted(m.id for m in manager.list("vae")) == ["sdxl-vae", "vae-ft-mse"]
+    sdxl, sd1 = manager.load("sdxl-vae"), manager.load("vae-ft-mse")
+    assert (sdxl.config.scaling_factor, sdxl.config.force_upcast) == (0.13025, True)
+    assert sd1.config.scaling_factor == 0.18215
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    drawn = [np.asarray(decode_latents(v, latents * v.config.scaling_factor)[0], dtype=int) for v in (sdxl, sd1)]
+    assert np.abs(drawn[0] - drawn[1]).max() <= 1 and drawn[0].std() > 5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 # sampler name (ComfyUI's) -> (diffusers scheduler class, config overrides).  diffusers has no
 # ancestral singlestep DPM++ nor a Brownian-tree SDE sampler without torchsde: dpmpp_2s_a is its
@@ -155,7 +158,8 @@ def wait_for_compiled(unet: Any, timeout: float | None = None) -> bool:
 
 
 # cuDNN's own choice of convolution algorithm, not timing them all on each new shape: timing made
-# SDXL's first 1024² call 3 s slower (6.6 vs 3.6 s; diffusers 3.2 s) and was not faster warm (H200).
+# SDXL's first 1024² call 3 s slower (6.6 vs 3.6 s; diffusers 3.2 s) and was not faster warm (H200;
+# nor the compiled SD1.5 denoiser as a CUDA graph: 6.183 vs 6.185 ms at 512², 28.49 vs 28.48 at 1024²).
 CUDNN_BENCHMARK = False
 
 
@@ -372,13 +376,35 @@ def _time_ids(unet: Any, latents: torch.Tensor, pooled_width: int, guided: bool,
 # VAE
 
 
+# SD 1.x/2.x's VAE (this latent scale) computes in float16, as diffusers' SD pipelines run it, though its
+# config asks for float32 by default (force_upcast); SDXL's overflows in float16 and is upcast when it asks.
+SD_VAE_SCALING = 0.18215
+
+
 def _vae_at_work(vae: Any) -> torch.dtype:
     """The dtype the VAE computes in, with the VAE moved to it once and kept there (moving the shared VAE
     back after each call cast its weights twice per image, and a compiled decode must not see them move)."""
-    # SD's and SDXL's VAEs ask for float32 (force_upcast, diffusers' default): SDXL's overflows in float16
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+    asks = getattr(vae.config, "force_upcast", False) and vae.config.scaling_factor != SD_VAE_SCALING
+    if vae.dtype == torch.float16 and (asks or vae.__dict__.get("_invoke_nodes_overflowed")):
         vae.to(torch.float32)
     return vae.dtype
+
+
+def _finite(vae: Any, run: Callable[[torch.dtype], torch.Tensor]) -> torch.Tensor:
+    """run(the VAE's dtype); a float16 result that overflowed (inf or NaN: a VAE that needs float32 but does
+    not say so) is computed again in float32, and the VAE stays in float32 from then on."""
+    work = _vae_at_work(vae)
+    result = run(work)
+    if work != torch.float16 or bool(torch.isfinite(result).all()):
+        return result
+    from .compiled import _BUILD_LOCK
+
+    log.warning("the VAE overflowed in float16; it computes in float32 from now on")
+    with _BUILD_LOCK:  # no background compile may trace the VAE while its weights change
+        vae.__dict__["_invoke_nodes_overflowed"] = True
+        vae.__dict__.pop("_invoke_nodes_decoders", None)  # compiled for the float16 weights
+        vae.to(torch.float32)
+    return run(torch.float32)
 
 
 def vae_scale(vae: Any) -> int:
@@ -389,14 +415,13 @@ def vae_scale(vae: Any) -> int:
 @torch.inference_mode()
 def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """[0, 1] RGB pixels [b, 3, h, w] -> scaled latents (the distribution's mode: no sampling noise)."""
-    work = _vae_at_work(vae)
-    latents = vae.encode((pixels.to(vae.device) * 2 - 1).to(work)).latent_dist.mode()
+    latents = _finite(vae, lambda work: vae.encode((pixels.to(vae.device) * 2 - 1).to(work)).latent_dist.mode())
     return latents * vae.config.scaling_factor
 
 
 class VaeDecoder(torch.nn.Module):
-    """The VAE's decode as a module, to compile (SD1.5's 512² decode in float32 on an H200: 30.6 ms eager,
-    17.6 ms compiled)."""
+    """The VAE's decode as a module, to compile (SD1.5's 512² decode on an H200, GPU time: float16 21.6 ms
+    eager, 7.7 ms compiled; float32 27.7 / 19.1 ms)."""
 
     def __init__(self, vae: Any) -> None:
         super().__init__()
@@ -434,17 +459,18 @@ def decode_latents(vae: Any, latents: torch.Tensor, tiled: bool = False, seamles
     from .compiled import _BUILD_LOCK
     from .seamless import seamless
 
-    work = _vae_at_work(vae)
-    # no background compile may trace the VAE while its convolutions pad circularly
-    builds_held = _BUILD_LOCK if seamless_axes != "none" else contextlib.nullcontext()
-    with builds_held, seamless(vae, seamless_axes):
-        scaled = (latents.to(vae.device) / vae.config.scaling_factor).to(work)
-        if tiled:
-            pixels = vae.tiled_decode(scaled, return_dict=False)[0]
-        elif seamless_axes != "none":
-            pixels = vae.decode(scaled, return_dict=False)[0]
-        else:
-            pixels = decoder_for(vae, compile_mode, cache_dir)(scaled)
+    def decode(work: torch.dtype) -> torch.Tensor:
+        # no background compile may trace the VAE while its convolutions pad circularly
+        builds_held = _BUILD_LOCK if seamless_axes != "none" else contextlib.nullcontext()
+        with builds_held, seamless(vae, seamless_axes):
+            scaled = (latents.to(vae.device) / vae.config.scaling_factor).to(work)
+            if tiled:
+                return vae.tiled_decode(scaled, return_dict=False)[0]
+            if seamless_axes != "none":
+                return vae.decode(scaled, return_dict=False)[0]
+            return decoder_for(vae, compile_mode, cache_dir)(scaled)
+
+    pixels = _finite(vae, decode)
     array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a, "RGB") for a in array]
 

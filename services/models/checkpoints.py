@@ -138,6 +138,13 @@ def classify_sd_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> CheckpointI
     return None
 
 
+def vae_base_from_name(path: Path) -> str:
+    """The family a single-file VAE belongs to.  SD 1.x/2.x and SDXL VAEs share one architecture but not
+    their latent scale (0.18215 / 0.13025), and the weights do not tell them apart: as in InvokeAI, the
+    file's name does ("sdxl_vae.safetensors", "sdxl-vae-fp16-fix"); any other is SD 1.x/2.x's."""
+    return "sdxl" if "xl" in Path(path).stem.lower() else "sd1"
+
+
 def _base_from_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """For a UNet of non-standard width: the text encoder's layout names the family."""
     for prefix, base in TEXT_ENCODER_PREFIXES:

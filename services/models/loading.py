@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never let d
 
 import torch  # noqa: E402
 
-from services.models.checkpoints import load_pickle_state_dict  # noqa: E402
+from services.models.checkpoints import load_pickle_state_dict, vae_base_from_name  # noqa: E402
 from services.models.configs import config_folder  # noqa: E402
 from services.models.control_files import CONTROL_KINDS  # noqa: E402
 
@@ -103,7 +103,7 @@ def _load_vae(info: Any, path: Path, dtype: torch.dtype, cache_dir: Path) -> Any
         return AutoencoderKL.from_pretrained(path, **_dtype(dtype), local_files_only=True)
     if info.config_path:  # a sidecar holding the VAE's own config.json
         return AutoencoderKL.from_single_file(str(path), config=info.config_path, **_dtype(dtype), local_files_only=True)
-    config = config_folder("sd1", cache_dir / "model_configs")  # SD 1.x/2.x/XL VAEs share the architecture
+    config = config_folder(vae_base_from_name(path), cache_dir / "model_configs")  # its latent scale
     return AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", **_dtype(dtype),
                                           local_files_only=True)
 
