@@ -347,12 +347,15 @@ def profile_cases(runner: NodeRunner, model: str, size: int, steps: int, mode: s
         emit("profile_kernel", name=e.key[:120], calls=e.count, ms=round(own / 1000, 2), share=round(own / total, 3))
 
 
-def attention_cases() -> None:
-    """SD 1.5's attention shapes at 512 (CFG batch 2) on each SDPA backend: what a backend choice could win."""
+def attention_cases(size: int = 512) -> None:
+    """SD 1.5's attention shapes at this size (CFG batch 2, 8 heads of 40/80/160 on the three levels with
+    attention, 5 blocks each) on each SDPA backend: what a backend choice could win."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    shapes = {"self_64x64": (4096, 4096, 40), "self_32x32": (1024, 1024, 80), "self_16x16": (256, 256, 160),
-              "cross_64x64": (4096, 77, 40)}
+    side = size // 8
+    shapes = {f"self_{side >> level}x{side >> level}": ((side >> level) ** 2, (side >> level) ** 2, 40 << level)
+              for level in range(3)}
+    shapes[f"cross_{side}x{side}"] = (side * side, 77, 40)
     for name, (queries, keys, width) in shapes.items():
         q = torch.randn(2, 8, queries, width, device="cuda", dtype=torch.float16)
         k = torch.randn(2, 8, keys, width, device="cuda", dtype=torch.float16)
@@ -379,7 +382,7 @@ def attention_cases() -> None:
                 torch.nn.functional.scaled_dot_product_attention(q, k, v)
             end.record()
             torch.cuda.synchronize()
-        emit("attention_us", shape=name, default=round(start.elapsed_time(end) / 50 * 1000, 1), **row)
+        emit("attention_us", size=size, shape=name, default=round(start.elapsed_time(end) / 50 * 1000, 1), **row)
 
 
 def diffusers_cases(folder: Path, device: str, size: int, steps: int, node_image: np.ndarray) -> None:
@@ -456,6 +459,7 @@ def large_cases(runner: NodeRunner, model: str, large: int, size: int, steps: in
         stamps, wall = run(steps, mode)
         emit("node_default_compiled", shape=name, it_per_s=rate(stamps), images_per_s=round(images / wall, 2),
              compiled_after_s=round(ready, 1), peak_gib=peak_gib())
+    attention_cases(large)
 
 
 def sdxl_cases(root: Path) -> None:
