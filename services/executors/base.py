@@ -82,16 +82,28 @@ def invoke_node(invocation: BaseInvocation, context: NodeContext) -> list[dict[s
 
 def warm_up(services: Any) -> threading.Thread:
     """Import the generation libraries on a background thread of the AI process, so that the first
-    run after launch pays only for its model.  Returns the thread (tests and benchmarks join it)."""
-    def run() -> None:
+    run after launch pays only for its model.  Returns the thread that nodes wait for (importing
+    diffusers from two threads at once breaks it); torch's compiler is imported after it, on a thread
+    of its own that only the background compile waits for."""
+    def generation() -> None:
         try:
             from services.models.loading import import_for_generation
 
             import_for_generation(services.models.compile_mode)
         except Exception:  # the run that needs them reports what is wrong
             log.debug("warm-up imports failed", exc_info=True)
+            return
+        threading.Thread(target=compiler, name="warm-up-compiler", daemon=True).start()
 
-    thread = threading.Thread(target=run, name="warm-up", daemon=True)
+    def compiler() -> None:
+        try:
+            from services.models.loading import import_for_compiling
+
+            import_for_compiling(services.models.compile_mode)
+        except Exception:  # the background compile that needs it reports what is wrong
+            log.debug("warm-up imports of the compiler failed", exc_info=True)
+
+    thread = threading.Thread(target=generation, name="warm-up", daemon=True)
     thread.start()
     return thread
 

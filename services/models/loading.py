@@ -26,13 +26,20 @@ def _quiet_libraries() -> None:
 
 def import_for_generation(compile_mode: str) -> None:
     """Import what a first generation needs besides its model: diffusers' pipelines and the denoise
-    loop, and torch's compiler when the denoiser is compiled (seconds each, on a cold disk more)."""
+    loop, and torch's dynamo when the denoiser is compiled (seconds each, on a cold disk more)."""
     import nodes.core.diffusion  # noqa: F401
 
     pipeline_class("sd1")
     if compile_mode not in ("off", "graphs"):
         import torch._dynamo  # noqa: F401
-        import torch._inductor.config  # noqa: F401
+
+
+def import_for_compiling(compile_mode: str) -> None:
+    """Import what the background build of a compiled denoiser needs (after `import_for_generation`)."""
+    if compile_mode not in ("off", "graphs"):
+        from nodes.core.compiled import import_compiler
+
+        import_compiler()
 
 
 def pipeline_class(base: str, variant: str = "normal") -> type:
