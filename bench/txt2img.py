@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if everything or args.defaults:
         default_cases(root, models, device, data_dir, model, size, steps, mode, args.quick)
     if everything or args.large:
-        large_cases(NodeRunner(root, models, device, data_dir), model, large, size, steps, mode)
+        large_cases(NodeRunner(root, models, device, data_dir), models, model, large, size, steps, mode)
     if everything and not args.smoke:
         sdxl_cases(root)
     return 0
@@ -262,7 +262,7 @@ def default_cases(root: Path, models: Path, device: str, data_dir: Path, model: 
 
     new_worker_case(root, models, device, data_dir, model, size, steps, mode, rate(graphed[1][1]))
 
-    diffusers_cases(models / model, device, size, steps, eager)
+    diffusers_cases(models / model, device, steps, [(size, 1, eager)])
     if quick:
         return
 
@@ -425,8 +425,9 @@ def attention_cases(size: int = 512) -> None:
         emit("attention_us", size=size, shape=name, default=round(start.elapsed_time(end) / 50 * 1000, 1), **row)
 
 
-def diffusers_cases(folder: Path, device: str, size: int, steps: int, node_image: np.ndarray) -> None:
-    """Plain diffusers on its own copy of the same weights: eager, then its UNet compiled (reduce-overhead)."""
+def diffusers_cases(folder: Path, device: str, steps: int, shapes: list[tuple[int, int, np.ndarray | None]]) -> None:
+    """Plain diffusers on its own copy of the same weights, for each (size, batch, the node's eager image or
+    None): eager, then its UNet compiled (reduce-overhead), on the node's starting latents (seed 1)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from nodes.core.diffusion import make_noise
@@ -435,9 +436,8 @@ def diffusers_cases(folder: Path, device: str, size: int, steps: int, node_image
     plain = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None).to(device)
     plain.scheduler = EulerDiscreteScheduler.from_config(plain.scheduler.config)
     plain.set_progress_bar_config(disable=True)
-    start = make_noise(1, (1, 4, size // 8, size // 8)).to(device, dtype)  # the node's starting latents (seed 1)
 
-    def run(n_steps: int) -> tuple[list[float], np.ndarray]:
+    def run(size: int, batch: int, n_steps: int) -> tuple[list[float], np.ndarray, float]:
         stamps: list[float] = []
 
         def on_step(_pipe, index, _t, kwargs):
@@ -448,44 +448,51 @@ def diffusers_cases(folder: Path, device: str, size: int, steps: int, node_image
             stamps.append(time.perf_counter())
             return kwargs
 
-        image = plain(PROMPT, num_inference_steps=n_steps, guidance_scale=7.5, height=size, width=size,
-                      latents=start, callback_on_step_end=on_step).images[0]
-        return stamps, np.asarray(image)
+        start = make_noise(1, (batch, 4, size // 8, size // 8)).to(device, dtype)
+        started = time.perf_counter()
+        images = plain(PROMPT, num_inference_steps=n_steps, guidance_scale=7.5, height=size, width=size,
+                       num_images_per_prompt=batch, latents=start, callback_on_step_end=on_step).images
+        return stamps, np.asarray(images[0]), time.perf_counter() - started
 
-    run(3)
-    stamps, image = run(steps)
-    emit("diffusers_eager", size=size, it_per_s=rate(stamps), psnr_vs_node_eager_db=psnr(image, node_image))
+    for size, batch, node_image in shapes:
+        run(size, batch, 3)
+        stamps, image, wall = run(size, batch, steps)
+        emit("diffusers_eager", size=size, batch=batch, it_per_s=rate(stamps), images_per_s=round(batch / wall, 2),
+             psnr_vs_node_eager_db=None if node_image is None else psnr(image, node_image))
     plain.unet = torch.compile(plain.unet, mode="reduce-overhead" if device == "cuda" else "default")
-    started = time.perf_counter()
-    run(steps)
-    first = time.perf_counter() - started
-    rates = [rate(run(steps)[0]) for _ in range(2)]
-    emit("diffusers_compiled", size=size, it_per_s=max(rates), first_call_seconds=round(first, 1))
+    for size, batch, _ in shapes:
+        started = time.perf_counter()
+        run(size, batch, steps)
+        first = time.perf_counter() - started
+        warm = [run(size, batch, steps) for _ in range(2)]
+        emit("diffusers_compiled", size=size, batch=batch, it_per_s=max(rate(s) for s, *_ in warm),
+             images_per_s=round(batch / min(w for *_, w in warm), 2), first_call_seconds=round(first, 1))
 
 
-def large_cases(runner: NodeRunner, model: str, large: int, size: int, steps: int, mode: str | None) -> None:
+def large_cases(runner: NodeRunner, models: Path, model: str, large: int, size: int, steps: int, mode: str | None) -> None:
     """1024x1024 through the node and batch 4 at 512 through the node's Generator: eager, then at the
-    default settings once compiled in the background."""
+    default settings once compiled in the background; then plain diffusers on both shapes."""
     from nodes.core.diffusion import GenerationRequest, Generator
 
     manager = runner.services.models
     pipe = manager.load(model)
 
-    def batch(n_steps: int, compile_mode: str) -> tuple[list[float], float]:
+    def batch(n_steps: int, compile_mode: str) -> tuple[None, list[float], float]:
         stamps: list[float] = []
         request = GenerationRequest(prompt=PROMPT, steps=n_steps, width=size, height=size, seed=3, batch_size=4)
         started = time.perf_counter()
         Generator(pipe, "sd1", compile_mode=compile_mode, cache_dir=manager.cache_dir).run(
             request, lambda *_: stamps.append(time.perf_counter()))
-        return stamps, time.perf_counter() - started
+        return None, stamps, time.perf_counter() - started
 
-    cases = {"1024": lambda n, m: runner.run(model, large, n, 1, m)[1:],
+    cases = {"1024": lambda n, m: runner.run(model, large, n, 1, m),
              "batch4": lambda n, m: batch(n, manager.compile_mode if m is None else m)}
+    eager_images = {}
     for name, run in cases.items():
         images = 4 if name == "batch4" else 1
         run(3, "off")  # warm-up
         reset_peak()
-        stamps, wall = run(steps, "off")
+        eager_images[name], stamps, wall = run(steps, "off")
         emit("node_eager", shape=name, it_per_s=rate(stamps), images_per_s=round(images / wall, 2), peak_gib=peak_gib())
         started = time.perf_counter()
         if mode is None:
@@ -496,10 +503,14 @@ def large_cases(runner: NodeRunner, model: str, large: int, size: int, steps: in
         all(d.wait(900) for d in runner.denoisers(model).values() if hasattr(d, "wait"))
         ready = time.perf_counter() - started
         reset_peak()
-        stamps, wall = run(steps, mode)
+        image, stamps, wall = run(steps, mode)
         emit("node_default_compiled", shape=name, it_per_s=rate(stamps), images_per_s=round(images / wall, 2),
-             compiled_after_s=round(ready, 1), peak_gib=peak_gib())
-    attention_cases(large)
+             compiled_after_s=round(ready, 1), peak_gib=peak_gib(),
+             psnr_vs_eager_db=None if image is None else psnr(image, eager_images[name]))
+    device = pipe.unet.device.type
+    diffusers_cases(models / model, device, steps, [(large, 1, eager_images["1024"]), (size, 4, None)])
+    if device == "cuda":
+        attention_cases(large)
 
 
 def sdxl_cases(root: Path) -> None:

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import nodes.core.compiled as compiled_module
 from nodes.core.compiled import ARTIFACTS_FILE, BackgroundCompiled, CudaGraphs, GraphedCall, load_artifacts
 from services.engine.context import PREVIEW_INTERVAL_S, NodeContext
 
@@ -146,6 +147,85 @@ def test_while_a_compile_builds_a_gpu_model_runs_as_a_cuda_graph(tmp_path):
         for inputs in (a, b):
             assert torch.allclose(compiled(*inputs), denoiser.eager(*inputs), atol=2e-3)
     assert not denoiser.graphs._graphs  # the eager graph's memory is let go once the compiled one serves that size
+
+
+def test_a_builds_first_call_holds_the_gpu_apart_from_captures(tmp_path):
+    """A build's first call times kernels with device-wide syncs, which CUDA forbids while any stream
+    captures: the build holds the capture lock for it, and only for it."""
+    held_while = []
+
+    def recording_backend(graph, example_inputs):
+        held_while.append(("compile", compiled_module._CAPTURE_LOCK.locked()))
+        return graph.forward
+
+    denoiser = BackgroundCompiled(Tiny(), "reduce-overhead", None, backend=recording_backend)
+    assert not compiled_module._CAPTURE_LOCK.locked()
+    denoiser.pick(torch.randn(2, 8), None)
+    assert denoiser.wait(120) and not denoiser.failed
+    assert held_while == [("compile", True)]  # torch.compile compiles inside that first call
+    assert not compiled_module._CAPTURE_LOCK.locked()
+
+
+@needs_cuda
+def test_captures_and_a_builds_device_syncs_on_other_threads_never_meet():
+    """What broke a new AI worker's build on an H200: its device sync ran while the loop's thread captured
+    a graph ("operation not permitted when stream is capturing"), failing both.  A build's GPU work now
+    holds the capture lock; a capture that finds it held runs uncaptured and captures on a later call."""
+    from nodes.core.diffusion import Denoiser
+    from services.models.demo import tiny_unet
+
+    unet = tiny_unet().to("cuda", torch.float16).eval()
+    inputs = _tiny_denoiser_inputs(1, unet.config.cross_attention_dim)
+    stop, errors, syncs = threading.Event(), [], [0]
+
+    def build_like() -> None:
+        try:
+            while not stop.is_set():
+                with compiled_module._apart_from_captures(inputs):
+                    torch.ones(1 << 20, device="cuda").sum()
+                    torch.cuda.synchronize()  # as inductor's benchmarker does
+                syncs[0] += 1
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            errors.append(error)
+
+    builder = threading.Thread(target=build_like)
+    builder.start()
+    captured = uncaptured = 0
+    try:
+        with torch.inference_mode():
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                graphs = CudaGraphs(Denoiser(unet))
+                picked = graphs.pick(*inputs)
+                assert not graphs.failed
+                if isinstance(picked, GraphedCall):
+                    captured += 1
+                    assert torch.allclose(picked(*inputs), graphs.eager(*inputs), atol=2e-3)
+                else:
+                    uncaptured += 1
+                    assert picked is graphs.eager
+    finally:
+        stop.set()
+        builder.join()
+    assert not errors and syncs[0] > 10
+    assert captured > 0
+
+
+@needs_cuda
+def test_a_ready_compile_waits_in_the_eager_graph_while_another_build_uses_the_gpu(tmp_path):
+    from nodes.core.diffusion import Denoiser
+    from services.models.demo import tiny_unet
+
+    unet = tiny_unet().to("cuda", torch.float16).eval()
+    denoiser = BackgroundCompiled(Denoiser(unet), "reduce-overhead", tmp_path, backend="aot_eager")
+    inputs = _tiny_denoiser_inputs(1, unet.config.cross_attention_dim)
+    with torch.inference_mode():
+        meanwhile = denoiser.pick(*inputs)
+        assert isinstance(meanwhile, GraphedCall) and denoiser.wait(300)
+        with compiled_module._CAPTURE_LOCK:  # another model's build runs its first call
+            assert denoiser.pick(*inputs) is meanwhile  # not the uncaptured compiled module
+        compiled = denoiser.pick(*inputs)
+        assert isinstance(compiled, GraphedCall) and compiled is not meanwhile
 
 
 @needs_cuda

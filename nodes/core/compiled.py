@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 # One compile at a time: each holds the GIL for long stretches and slows the eager loop beside it.
 _BUILD_LOCK = threading.Lock()
+# CUDA forbids a device-wide sync while any stream captures a graph, and the capture then fails too.
+# A build's first call syncs the device (inductor times its kernels' configurations): a capture holds
+# this lock, a build's GPU work holds it too, and a capture that finds it held waits for a later call.
+_CAPTURE_LOCK = threading.Lock()
 _ARTIFACTS_LOADED: set[Path] = set()
 ARTIFACTS_FILE = "compiled-artifacts.bin"
 # Sizes compiled per denoiser before dynamo gives up and runs eager (its default is 8).
@@ -83,6 +87,19 @@ def import_compiler() -> None:
     compiled 5.8-6.4 s after it began instead of 11.4-12.2 s (H200) when the build imported them."""
     with _BUILD_LOCK, _short_gil_turns():
         import torch._inductor.compile_fx  # noqa: F401
+
+
+@contextlib.contextmanager
+def _apart_from_captures(inputs: tuple[Any, ...]) -> Iterator[None]:
+    """A build's GPU work: never beside a capture, and finished before a capture may start (waited for
+    on this thread's stream: a device-wide sync would break a capture that another build's lock let in)."""
+    device = next((x.device for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)), None)
+    with _CAPTURE_LOCK:
+        yield
+        if device is not None and device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+            done.synchronize()
 
 
 def _signature(inputs: Any) -> Any:
@@ -189,13 +206,17 @@ class CudaGraphs:
         self._failed = False
 
     def pick(self, *inputs: Any) -> Callable[..., Any]:
+        """The graph for these inputs, captured now if need be; the eager module where that cannot be
+        done (not a GPU, a failed capture) or not now (a build is using the GPU: captured on a later call)."""
         device = next((x.device for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)), None)
         if self._failed or device is None or device.type != "cuda":
             return self.eager
         key = _signature(inputs)
-        graph = self._graphs.get(key)
-        if graph is None or not graph.valid_for(self.eager):
+        graph = self.captured(*inputs)
+        if graph is None:
             self._graphs.pop(key, None)
+            if not _CAPTURE_LOCK.acquire(blocking=False):
+                return self.eager
             try:
                 graph = GraphedCall(self.eager, inputs)
             except Exception:
@@ -204,11 +225,22 @@ class CudaGraphs:
                 self._failed = True
                 self._graphs.clear()
                 return self.eager
+            finally:
+                _CAPTURE_LOCK.release()
             self._graphs[key] = graph
             while len(self._graphs) > GRAPHS_KEPT:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
         return graph
+
+    def captured(self, *inputs: Any) -> GraphedCall | None:
+        """The graph already captured for these inputs, if its weights are still where they were."""
+        graph = self._graphs.get(_signature(inputs))
+        return graph if graph is not None and graph.valid_for(self.eager) else None
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
 
     def forget(self, *inputs: Any) -> None:
         """Drop the graph for these inputs (its memory), e.g. once a compiled module serves them."""
@@ -306,7 +338,8 @@ class BackgroundCompiled:
             # module in the loop's thread instead, as it does the eager one.
             options = {"mode": self.inductor_mode} if self.backend == "inductor" else {}  # other backends: tests without a C compiler
             self._torch_compiled = torch.compile(self.eager, backend=self.backend, fullgraph=False, dynamic=False, **options)
-        self._torch_compiled(*inputs)
+        with _apart_from_captures(inputs):  # compiles in this first call too: captures wait that long
+            self._torch_compiled(*inputs)
         return self._torch_compiled
 
     def _precompiled(self, key: tuple[Any, ...], inputs: tuple[Any, ...]) -> Callable[..., Any] | None:
@@ -322,7 +355,8 @@ class BackgroundCompiled:
             try:
                 with path.open("rb") as file:  # written by this app into its own cache folder
                     function = torch.compiler.load_compiled_function(file)
-                function(self.eager, *inputs)
+                with _apart_from_captures(inputs):
+                    function(self.eager, *inputs)
             except Exception:
                 log.warning("the compiled function in %s did not load; compiling afresh", path, exc_info=True)
             else:
@@ -338,7 +372,8 @@ class BackgroundCompiled:
             keep = functools.partial(torch.compiler.keep_tensor_guards_unsafe, keep_parameters=True)
             options = {**torch._inductor.list_mode_options(self.inductor_mode), "guard_filter_fn": keep}
             function = torch.compile(self.eager, fullgraph=True, dynamic=False, options=options).forward.aot_compile((inputs, {}))
-            function(self.eager, *inputs)
+            with _apart_from_captures(inputs):
+                function(self.eager, *inputs)
         except Exception:
             log.info("compiling %s ahead of time failed; compiling it the usual way", type(self.eager).__name__,
                      exc_info=True)
@@ -387,9 +422,13 @@ class BackgroundCompiled:
             if state is None:
                 self._states[key] = "building"
         if state == "ready":
+            run = self.compiled if self.compiled_graphs is None else self.compiled_graphs.pick(*inputs)
+            if run is self.compiled and self.compiled_graphs is not None and not self.compiled_graphs.failed \
+                    and self.graphs is not None and (eager_graph := self.graphs.captured(*inputs)) is not None:
+                return eager_graph  # another build is using the GPU: this graph until the compiled one is captured
             if self.graphs is not None:
                 self.graphs.forget(*inputs)
-            return self.compiled if self.compiled_graphs is None else self.compiled_graphs.pick(*inputs)
+            return run
         meanwhile = self._meanwhile(inputs)  # captured before the build starts to use the GPU
         if state is None:
             threading.Thread(target=self._build, args=(key, _copy(inputs)), name="compile-denoiser", daemon=True).start()
@@ -405,8 +444,6 @@ class BackgroundCompiled:
                 if not self._configured:
                     self._configure()
                 self.compiled.by_signature[key] = self._compiled_for(key, inputs)
-                if inputs[0].device.type == "cuda":
-                    torch.cuda.synchronize(inputs[0].device)
                 if self.cache_dir is not None:
                     save_artifacts(self.cache_dir)
         except Exception:
