@@ -6,7 +6,7 @@ loaded back through the model manager, as a user's model is.  Prints one JSON li
 
     python bench/txt2img.py             # on a CUDA GPU, fp16: default settings, then 1024 / batch 4, then SDXL
     python bench/txt2img.py --defaults  # only default settings (compile in the background) vs plain diffusers
-    python bench/txt2img.py --large     # only 1024x1024 and batch 4
+    python bench/txt2img.py --large     # only 1024x1024 and batch 4 (--shape 1024 or batch4: one of them)
     python bench/txt2img.py --sdxl      # only SDXL 1024 first and warm calls, prompt in -> PNG on disk
     python bench/txt2img.py --cpu       # SD 1.5 size on this CPU: a few steps, and what is free to speed it up
     python bench/txt2img.py --worker    # the node in this process vs in the AI worker process (as the canvas runs it)
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="GIL switch interval while a compile runs (nodes/core/compiled.py's default otherwise)")
     parser.add_argument("--large", action="store_true", help="only: 1024x1024 and batch 4")
+    parser.add_argument("--shape", choices=("1024", "batch4"), default=None, help="with --large: only this one")
     parser.add_argument("--sdxl", action="store_true", help="only: SDXL first and warm calls")
     parser.add_argument("--cpu", action="store_true", help="only: SD 1.5 size on the CPU")
     parser.add_argument("--worker", action="store_true",
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if everything or args.defaults:
         default_cases(root, models, device, data_dir, model, size, steps, mode, args.quick)
     if everything or args.large:
-        large_cases(NodeRunner(root, models, device, data_dir), models, model, large, size, steps, mode)
+        large_cases(NodeRunner(root, models, device, data_dir), models, model, large, size, steps, mode, args.shape)
     if everything and not args.smoke:
         sdxl_cases(root)
     return 0
@@ -469,7 +470,8 @@ def diffusers_cases(folder: Path, device: str, steps: int, shapes: list[tuple[in
              images_per_s=round(batch / min(w for *_, w in warm), 2), first_call_seconds=round(first, 1))
 
 
-def large_cases(runner: NodeRunner, models: Path, model: str, large: int, size: int, steps: int, mode: str | None) -> None:
+def large_cases(runner: NodeRunner, models: Path, model: str, large: int, size: int, steps: int, mode: str | None,
+                only: str | None = None) -> None:
     """1024x1024 through the node and batch 4 at 512 through the node's Generator: eager, then at the
     default settings once compiled in the background; then plain diffusers on both shapes."""
     from nodes.core.diffusion import GenerationRequest, Generator
@@ -487,6 +489,7 @@ def large_cases(runner: NodeRunner, models: Path, model: str, large: int, size: 
 
     cases = {"1024": lambda n, m: runner.run(model, large, n, 1, m),
              "batch4": lambda n, m: batch(n, manager.compile_mode if m is None else m)}
+    cases = {name: run for name, run in cases.items() if only in (None, name)}
     eager_images = {}
     for name, run in cases.items():
         images = 4 if name == "batch4" else 1
@@ -499,17 +502,19 @@ def large_cases(runner: NodeRunner, models: Path, model: str, large: int, size: 
             os.environ.pop("INVOKE_NODES_COMPILE", None)
         else:
             os.environ["INVOKE_NODES_COMPILE"] = mode
-        run(3, mode)  # starts the background compile for this shape
+        run(3, mode)  # starts the background compiles for this shape
         all(d.wait(900) for d in runner.denoisers(model).values() if hasattr(d, "wait"))
         ready = time.perf_counter() - started
+        all(d.wait(900) for d in runner.decoders(model).values())  # the VAE's build after it: not beside the timings
         reset_peak()
         image, stamps, wall = run(steps, mode)
         emit("node_default_compiled", shape=name, it_per_s=rate(stamps), images_per_s=round(images / wall, 2),
              compiled_after_s=round(ready, 1), peak_gib=peak_gib(),
              psnr_vs_eager_db=None if image is None else psnr(image, eager_images[name]))
     device = pipe.unet.device.type
-    diffusers_cases(models / model, device, steps, [(large, 1, eager_images["1024"]), (size, 4, None)])
-    if device == "cuda":
+    shapes = {"1024": (large, 1, eager_images.get("1024")), "batch4": (size, 4, None)}
+    diffusers_cases(models / model, device, steps, [shapes[name] for name in cases])
+    if device == "cuda" and "1024" in cases:
         attention_cases(large)
 
 
